@@ -1,0 +1,176 @@
+"""Typed configuration: dataclasses loaded from YAML, overridden by dotted `key=value` arguments.
+
+Every stage of the pipeline reads one `RunConfig`. Each section's dataclass lives beside the code it configures
+(ModelConfig in model.py, DataConfig in data.py, ...) and is composed here. Unknown keys and values of the wrong
+type are errors that name the key and the file they came from, so a typo never silently falls back to a default.
+
+    cfg = load_config("configs/quickstart.yaml", ["rl.kl_coef=0.01", "pretrain.max_steps=200"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist or gives a value of the wrong type."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and where lossless, convert) `value` to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming `where.key`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (tree) as plain YAML/JSON-ready data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def apply_override(data: dict, cls: type, override: str) -> None:
+    """Apply one `a.b.c=value` override to the raw mapping `data`; the value is parsed as YAML (`1e-3`, `[1, 2]`)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. rl.kl_coef=0.01")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node, node_cls = data, cls
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if not dataclasses.is_dataclass(node_cls):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[:i])} is not a section")
+        hints = typing.get_type_hints(node_cls)
+        if part not in hints:
+            known = sorted(f.name for f in dataclasses.fields(node_cls))
+            raise ConfigError(f"override {override!r}: unknown key {where!r}; known here: {known}")
+        if i == len(parts) - 1:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+            # YAML reads `1e-3` as a string (no dot in the mantissa); accept it where a number is expected.
+            if isinstance(value, str):
+                try:
+                    value = float(value) if hints[part] in (float, float | None) else value
+                except ValueError:
+                    pass
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {where} is not a section")
+            node_cls = hints[part]
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists() and (CONFIG_DIR / path).exists():
+        path = CONFIG_DIR / path
+    if not path.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
+        path = CONFIG_DIR / f"{path}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (built-in configs: {builtin_configs()})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Load dataclass `cls` from a YAML file (a path, or the name of a built-in config) plus dotted overrides."""
+    data = load_yaml(path) if path else {}
+    for o in overrides:
+        apply_override(data, cls, o)
+    return from_dict(cls, data, where=str(path) if path else "config")

@@ -1,0 +1,1 @@
+"""RL post-training: rollouts, losses, and one file per algorithm."""

@@ -1,0 +1,142 @@
+"""Run folders: atomic writes, append-only JSONL logs, and the metadata that makes a run reproducible.
+
+Every file a person or a resumed run reads back (checkpoints, manifests, results, summaries) is written to a
+temporary file in the same folder and renamed over the target, so a crash leaves either the old file or the
+new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Only the temporary file this call created is removed.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data), "wb")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text), "w")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record as a line. A crash can leave a torn last line; `read_jsonl` skips only that one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.flush()
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write a whole JSONL file atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
+
+
+def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[dict]:
+    """Read a JSONL file; a malformed line is an error naming file and line (except a torn final line of a log)."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if tolerate_torn_tail and i == len(lines):
+                break
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    return out
+
+
+def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a log keeping only the records `keep` accepts (a resumed run drops what came after its checkpoint)."""
+    path = Path(path)
+    if path.exists():
+        write_jsonl(path, [r for r in read_jsonl(path, tolerate_torn_tail=True) if keep(r)])
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The commit of the echochamber checkout this code runs from (with '+dirty' when it has changes), or None."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("echochamber", "torch", "tokenizers", "safetensors", "numpy", "math_verify", "transformers"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                mod = __import__(name)
+            except Exception:
+                continue
+        out[name] = getattr(mod, "__version__", "unknown")
+    return out
+
+
+def write_run_metadata(run_dir: str | Path, config: Any, stage: str) -> dict:
+    """Record what reproduces this stage: the resolved config, versions, git commit and command line."""
+    from .config import to_dict
+
+    run_dir = Path(run_dir)
+    meta = {
+        "stage": stage,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "config": to_dict(config),
+    }
+    atomic_write_json(run_dir / f"{stage}_run.json", meta)
+    import yaml
+
+    atomic_write_text(run_dir / f"{stage}_config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    return meta

@@ -1,0 +1,1 @@
+"""Problem sources: the synthetic generator, local files and hub datasets."""
