@@ -1,0 +1,129 @@
+"""Generation throughput: echochamber's sampler vs Hugging Face `generate` on the same weights.
+
+The RL rollout shape, scaled down: P prompts of mixed lengths x n samples each (default 8 x 8 = a batch of
+64 sequences), temperature 0.7, top_p 1.0, up to --max-new tokens. Our model is exported to an HF folder and
+loaded with transformers' OlmoForCausalLM, so both sample from the same distribution. Tokens/s counts
+generated tokens (through EOS, padding excluded) over wall time, prefill included. Two workloads:
+
+  no EOS    every row generates --max-new tokens: raw decoding speed.
+  EOS       rows stop at an end token at varied lengths, as RL responses do. A random model has no real end
+            token, so the bench uses the token whose frequency in a pilot run makes rows stop after about
+            --max-new / 2 tokens on average (geometric lengths). HF keeps computing finished rows until the
+            last one ends; ours drops them.
+
+    python bench/generate_throughput.py                        # laptop preset, about a minute on 2 cores
+    python bench/generate_throughput.py --prompts 64 --n 8     # the full RL rollout batch (slower)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import tempfile
+import time
+
+import torch
+
+from echochamber.hf import export_hf
+from echochamber.model import ModelConfig, OLMo, tune_cpu_allocator
+from echochamber.sampler import SampleConfig, generate
+
+
+def run_ours(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, eos: int | None) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    gens = generate(model, prompts, cfg, eos_id=-1 if eos is None else eos, seed=0)
+    return time.perf_counter() - t0, sum(len(g.tokens) for g in gens)
+
+
+def run_hf(hf, prompts: list[list[int]], cfg: SampleConfig, eos: int | None) -> tuple[float, int]:
+    """HF generate with the same sampling settings; prompts left-padded with an attention mask (HF's way)."""
+    pad = 0 if eos is None else eos
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else contextlib.nullcontext())
+    t0 = time.perf_counter()
+    with torch.inference_mode(), amp:
+        out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=cfg.temperature > 0,
+                          temperature=cfg.temperature if cfg.temperature > 0 else None, top_p=cfg.top_p, top_k=0,
+                          max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, num_return_sequences=cfg.n,
+                          eos_token_id=eos, pad_token_id=pad)
+    seconds = time.perf_counter() - t0
+    new = out[:, width:]
+    if eos is None:
+        return seconds, new.numel()
+    # Generated tokens per row: up to and including the first EOS (HF pads after it with pad = EOS).
+    is_eos = new == eos
+    lengths = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, new.shape[1])
+    return seconds, int(lengths.sum())
+
+
+def pick_eos(model: OLMo, prompts: list[list[int]], cfg: SampleConfig) -> int:
+    """The token whose share of a pilot run's samples is closest to 2 / max_new: as an end token it stops a row
+    after max_new / 2 tokens on average."""
+    pilot = generate(model, prompts, SampleConfig(max_new_tokens=64, temperature=cfg.temperature, top_p=cfg.top_p,
+                                                  n=cfg.n), eos_id=-1, seed=123)
+    counts = torch.bincount(torch.tensor([t for g in pilot for t in g.tokens]), minlength=model.config.vocab_size)
+    share = counts.float() / counts.sum()
+    return int((share - 2.0 / cfg.max_new_tokens).abs().argmin())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="olmo-tiny")
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--prompts", type=int, default=8, help="distinct prompts")
+    ap.add_argument("--n", type=int, default=8, help="samples per prompt (batch = prompts x n)")
+    ap.add_argument("--prompt-len", type=int, nargs=2, default=(20, 120), help="prompt lengths drawn from this range")
+    ap.add_argument("--max-new", type=int, default=256)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"],
+                    help="generation precision(s) to compare (bfloat16 = autocast for both samplers)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tune_cpu_allocator()
+    torch.manual_seed(0)
+    rng = random.Random(0)
+
+    cfg = ModelConfig(preset=args.preset).resolve(args.vocab)
+    ours = OLMo(cfg).eval()
+    try:
+        from transformers import OlmoForCausalLM
+    except ImportError:
+        raise SystemExit("transformers is not installed (pip install -e '.[test]'): it is the comparison peer")
+    with tempfile.TemporaryDirectory() as d:
+        export_hf(ours, d)
+        hf = OlmoForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").eval()
+
+    prompts = [[rng.randrange(cfg.vocab_size) for _ in range(rng.randint(*args.prompt_len))]
+               for _ in range(args.prompts)]
+    generate(ours, prompts[:1], SampleConfig(max_new_tokens=4), eos_id=-1, seed=0)  # warm-up
+    print(f"\npreset {args.preset} ({ours.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}), "
+          f"{args.prompts} prompts x {args.n} samples = batch {args.prompts * args.n}, prompt lengths "
+          f"{args.prompt_len[0]}-{args.prompt_len[1]}, up to {args.max_new} new tokens, temperature "
+          f"{args.temperature}, top_p {args.top_p}, {torch.get_num_threads()} threads\n")
+    print(f"{'dtype':<9} {'workload':<8} {'sampler':<22} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}")
+    eos = pick_eos(ours, prompts, SampleConfig(max_new_tokens=args.max_new, temperature=args.temperature,
+                                               top_p=args.top_p, n=args.n))
+    for dtype in args.dtype:
+        scfg = SampleConfig(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p, n=args.n,
+                            dtype=dtype)
+        for workload, end in (("no EOS", None), ("EOS", eos)):
+            rows = {"echochamber generate": run_ours(ours, prompts, scfg, end),
+                    "HF generate": run_hf(hf, prompts, scfg, end)}
+            for name, (sec, toks) in rows.items():
+                print(f"{dtype:<9} {workload:<8} {name:<22} {sec:>8.2f} {toks:>7d} {toks / sec:>9.0f}")
+            (s_o, t_o), (s_h, t_h) = rows["echochamber generate"], rows["HF generate"]
+            print(f"{dtype:<9} {workload:<8} speed-up ours / HF: {(t_o / s_o) / (t_h / s_h):.2f}x tokens/s\n")
+    print("(single runs on shared cores: expect noise of 10-30%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,587 @@
+"""The OLMo-1 decoder used by the paper, in one file.
+
+Architecture (Groeneveld et al. 2024; Hugging Face `OlmoForCausalLM`): pre-norm transformer blocks with
+LayerNorm WITHOUT learned parameters, rotary position embeddings (RoPE), multi-head causal self-attention,
+a SwiGLU MLP, no biases anywhere, no dropout, optionally tied input/output embeddings, weights initialised
+from N(0, 0.02^2) truncated at 3 sigma.
+
+    x = wte[idx]                                  # (B, T, C) residual stream, fp32
+    for each block:
+        x = x + Attn(LN(x))                       # q, k, v = LN(x) W_qkv ; RoPE(q), RoPE(k) ; softmax(q k^T / sqrt(d)) v
+        x = x + W_down (silu(LN(x) W_gate) * LN(x) W_up)
+    logits = LN(x) W_head                         # (B, T, V)
+
+Speed notes (CPU, bf16 autocast): q/k/v are one matmul and gate/up are one matmul (HF runs five), RoPE
+tables are built once, attention is `F.scaled_dot_product_attention` (is_causal, no mask tensor), and fewer
+parameter tensors mean a cheaper optimizer step. The sampler's KV-cache entry points are `prefill` and
+`decode`; `SampleCache` stores each prompt's keys and values once for all the samples that continue it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .runio import atomic_write_bytes, atomic_write_json
+
+# Named sizes. `mlp_hidden` is the width of EACH SwiGLU branch (HF `intermediate_size`): the paper's "SwiGLU
+# hidden 3072" for 150M is per branch, which is what makes the 150M model 162M parameters at vocab 32000
+# (12 x (4 x 768^2 + 3 x 768 x 3072) + 2 x 32000 x 768) and the 1B model 1.14B (tied, 16 x (4 x 2048^2 +
+# 3 x 2048 x 8192) + 32000 x 2048). Counts at the vocab sizes shown come from `OLMo(...).num_params()`.
+PRESETS: dict[str, dict] = {
+    # Laptop model: ~0.98M parameters at vocab 1024 (0.85M in the blocks). Trains in minutes on 2 CPU cores.
+    "olmo-tiny": dict(d_model=128, n_layers=4, n_heads=2, mlp_hidden=384, max_seq_len=2048, tie_embeddings=True),
+    # Laptop model: ~3.7M parameters at vocab 1024 (3.4M in the blocks).
+    "olmo-small": dict(d_model=256, n_layers=4, n_heads=4, mlp_hidden=768, max_seq_len=2048, tie_embeddings=True),
+    # Single-GPU model between the laptop and paper sizes: ~43M parameters at vocab 32000 (27M in the blocks).
+    "olmo-40m": dict(d_model=512, n_layers=8, n_heads=8, mlp_hidden=1536, max_seq_len=2048, tie_embeddings=True),
+    # The paper's 150M (162.4M parameters at vocab 32000, untied).
+    "olmo-150m": dict(d_model=768, n_layers=12, n_heads=12, mlp_hidden=3072, max_seq_len=2048, tie_embeddings=False),
+    # The paper's 1B (1.139B parameters at vocab 32000, tied).
+    "olmo-1b": dict(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_seq_len=2048, tie_embeddings=True),
+}
+# Defaults every preset shares (OLMo-1 / the paper).
+_COMMON = dict(rope_theta=10000.0, init_std=0.02)
+_ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len", "rope_theta", "tie_embeddings",
+                "init_std")
+LN_EPS = 1e-5  # OLMo-1 / HF OlmoLayerNorm
+
+
+@dataclass
+class ModelConfig:
+    """Model shape. Fields left None come from `preset`; `resolve()` makes every field concrete."""
+
+    preset: str = "olmo-tiny"  # one of PRESETS (paper: "olmo-150m", "olmo-1b"), or "custom" with every field set
+    d_model: Optional[int] = None  # residual width (paper 768 / 2048)
+    n_layers: Optional[int] = None  # transformer blocks (paper 12 / 16)
+    n_heads: Optional[int] = None  # attention heads; head dim = d_model / n_heads (paper 12 / 16, head dim 64 / 128)
+    mlp_hidden: Optional[int] = None  # SwiGLU width per branch, HF `intermediate_size` (paper 3072 / 8192)
+    max_seq_len: Optional[int] = None  # longest sequence RoPE tables cover (paper 2048)
+    rope_theta: Optional[float] = None  # RoPE base (paper 10000)
+    tie_embeddings: Optional[bool] = None  # output head shares the input embedding (paper: 150M no, 1B yes)
+    init_std: Optional[float] = None  # std of the truncated (3 sigma) normal init (paper 0.02)
+    clip_qkv: Optional[float] = None  # clamp q, k, v to [-c, c] (HF `clip_qkv`); None = off, as in the paper's models
+    vocab_size: Optional[int] = None  # None = the tokenizer's size (paper: Llama-2 tokenizer, 32000)
+
+    def resolve(self, vocab_size: int | None = None) -> "ModelConfig":
+        """A copy with every field concrete: preset values fill the Nones; `vocab_size` (the tokenizer's) fills
+        `self.vocab_size` when that is None. An explicit vocab_size smaller than the tokenizer's is an error."""
+        if self.preset == "custom":
+            base = dict(_COMMON)
+        elif self.preset in PRESETS:
+            base = {**_COMMON, **PRESETS[self.preset]}
+        else:
+            raise ValueError(f"model.preset: unknown preset {self.preset!r}; expected one of "
+                             f"{sorted(PRESETS) + ['custom']}")
+        values = {f: getattr(self, f) if getattr(self, f) is not None else base.get(f) for f in _ARCH_FIELDS}
+        missing = [f for f, v in values.items() if v is None]
+        if missing:
+            raise ValueError(f"model: preset 'custom' needs {missing} set")
+        vocab = self.vocab_size if self.vocab_size is not None else vocab_size
+        if vocab is None:
+            raise ValueError("model.vocab_size: not set and no tokenizer vocab size given to resolve()")
+        if vocab_size is not None and vocab < vocab_size:
+            raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's {vocab_size}")
+        if values["d_model"] % values["n_heads"] or (values["d_model"] // values["n_heads"]) % 2:
+            raise ValueError(f"model: d_model={values['d_model']} must split into n_heads={values['n_heads']} "
+                             f"heads of even size (RoPE rotates pairs)")
+        return dataclasses.replace(self, vocab_size=int(vocab), **values)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the OS (glibc only; a no-op elsewhere).
+
+    glibc serves allocations above 128 KiB-32 MiB with fresh mmap()s and unmaps them on free, so every large
+    activation of every step is page-faulted in anew: on a 2-core CPU that costs a quarter of a training step.
+    Raising the mmap and trim thresholds lets PyTorch reuse the same memory each step (RSS stays at the peak).
+    Call once at process start; returns whether it took effect."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- building blocks
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without weight or bias, computed in fp32 (as OLMo does) and returned in x's dtype."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=LN_EPS).type_as(x)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables, each (max_seq_len, head_dim), fp32, laid out for `rotate`:
+    cos_t = [cos a_t, cos a_t] and sin_t = [-sin a_t, sin a_t], with angles a_t[i] = t * theta^(-2i / head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hd/2,)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (S, hd/2)
+    return torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """RoPE: rotate the pairs (x_i, x_{i + hd/2}) of every head by the position's angle (HF / GPT-NeoX layout):
+        out = x * cos + swap_halves(x) * sin  =  [x_1 cos - x_2 sin, x_2 cos + x_1 sin]
+    The inverse rotation (for the backward pass) subtracts the second term. x: fp32 (..., hd), contiguous
+    (full-width contiguous fp32 ops are several times faster on CPU than mixed-dtype ops on half-width views);
+    cos, sin from `rope_tables`, broadcastable to x."""
+    h = x.shape[-1] // 2
+    swapped = torch.cat((x[..., h:], x[..., :h]), dim=-1)
+    return (x * cos).addcmul_(swapped, sin, value=-1.0 if inverse else 1.0)
+
+
+class _SplitHeadsRope(torch.autograd.Function):
+    """qkv (B, T, 3C) -> q, k, v, each (B, H, T, hd) contiguous, with RoPE applied to q and k in fp32 (as OLMo).
+
+    One function instead of view/unbind/rope/transpose/contiguous chains: each of q, k, v is written once, in
+    the layout attention wants, and the backward (RoPE is a rotation, so its inverse is the rotation by -angle)
+    writes the gradient straight into a (B, T, 3C) tensor. cos, sin: broadcastable to (B, T, 2, H, hd)."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int):
+        B, T, C3 = qkv.shape
+        x = qkv.view(B, T, 3, n_heads, C3 // (3 * n_heads))  # (B, T, 3, H, hd)
+        rot = rotate(x[:, :, :2].float(), cos, sin)  # (B, T, 2, H, hd) fp32
+        out = torch.empty((3, B, n_heads, T, x.shape[-1]), dtype=qkv.dtype, device=qkv.device)
+        out[:2].copy_(rot.permute(2, 0, 3, 1, 4))  # cast + (B, T, 2, H, hd) -> (2, B, H, T, hd)
+        out[2].copy_(x[:, :, 2].transpose(1, 2))
+        ctx.save_for_backward(cos, sin)
+        return out[0], out[1], out[2]
+
+    @staticmethod
+    def backward(ctx, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        B, H, T, hd = dq.shape
+        g = torch.stack((dq, dk), dim=0).permute(1, 3, 0, 2, 4)  # (B, T, 2, H, hd) view
+        rot = rotate(g.to(torch.float32, memory_format=torch.contiguous_format), cos, sin, inverse=True)
+        dqkv = torch.empty((B, T, 3, H, hd), dtype=dq.dtype, device=dq.device)
+        dqkv[:, :, :2].copy_(rot)
+        dqkv[:, :, 2].copy_(dv.transpose(1, 2))
+        return dqkv.view(B, T, 3 * H * hd), None, None, None
+
+
+class _MaterializedCausalAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + causal mask) v with the probabilities kept in memory, by blocks of query rows:
+    rows [s, e) only ever see keys [0, e), so the blocks above the diagonal are never computed (T = 256 in
+    blocks of 128 does 3/4 of the square). Each block is a few batched matmuls and one softmax each way. On
+    CPU this is 1.5-3x faster than the flash-attention kernel for the short sequences (T <= 512) and head size
+    (64) of the laptop presets, where flash's tiny tiles starve the matmul units. Per block (P = softmax(S)):
+        O = P V ;  dV += P^T dO ;  dP = dO V^T ;  dS = P * (dP - rowsum(dP * P)) ;  dQ = scale dS K ;  dK += scale dS^T Q"""
+
+    BLOCK = 128  # query rows per block
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        B, H, T, D = q.shape
+        scale = D ** -0.5
+        q3, k3, v3 = q.reshape(B * H, T, D), k.reshape(B * H, T, D), v.reshape(B * H, T, D)
+        mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)  # 0 on/below diagonal
+        out = torch.empty_like(q3)
+        probs = []
+        for s in range(0, T, _MaterializedCausalAttention.BLOCK):
+            e = min(T, s + _MaterializedCausalAttention.BLOCK)
+            scores = torch.baddbmm(mask[s:e, :e], q3[:, s:e], k3[:, :e].transpose(1, 2), alpha=scale)  # (BH, e-s, e)
+            p = torch.softmax(scores, dim=-1)
+            torch.bmm(p, v3[:, :e], out=out[:, s:e])
+            probs.append(p)
+        ctx.save_for_backward(q3, k3, v3, *probs)
+        return out.view(B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, do: torch.Tensor):
+        q3, k3, v3, *probs = ctx.saved_tensors
+        B_H, T, D = q3.shape
+        scale = D ** -0.5
+        do3 = do.reshape(B_H, T, D).to(q3.dtype)
+        dq, dk, dv = torch.empty_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
+        for i, p in enumerate(probs):
+            s = i * _MaterializedCausalAttention.BLOCK
+            e = s + p.shape[1]
+            dv[:, :e].baddbmm_(p.transpose(1, 2), do3[:, s:e])
+            ds = torch._softmax_backward_data(torch.bmm(do3[:, s:e], v3[:, :e].transpose(1, 2)), p, -1, p.dtype)
+            torch.bmm(ds, k3[:, :e], out=dq[:, s:e])
+            dk[:, :e].baddbmm_(ds.transpose(1, 2), q3[:, s:e], alpha=scale)
+        return dq.mul_(scale).view(do.shape), dk.view(do.shape), dv.view(do.shape)
+
+
+# Sequences up to this length use the materialized attention on CPU (beyond it the T^2 probabilities cost
+# more than flash attention's recomputation), as long as they fit in this many probability elements.
+MATERIALIZE_MAX_T = 512
+MATERIALIZE_MAX_ELEMENTS = 1 << 28
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal self-attention, q, k, v: (B, H, T, hd) -> (B, H, T, hd). Picks the faster kernel for the shape."""
+    B, H, T, _ = q.shape
+    if q.device.type == "cpu" and T <= MATERIALIZE_MAX_T and B * H * T * T <= MATERIALIZE_MAX_ELEMENTS:
+        return _MaterializedCausalAttention.apply(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+@dataclass
+class SampleCache:
+    """Keys and values for sampling continuations of U distinct prompts with B rows (samples).
+
+    Each prompt's keys/values are stored ONCE (`pk`, `pv`), however many samples continue it; each row stores
+    only its own generated tokens (`k`, `v`). A decode step attends to both parts and merges the two softmaxes
+    (see `_decode_attention`), so n samples of a prompt read its cache once per step instead of n times: on a
+    CPU, where single-token decoding is bound by reading the cache, that is most of the cost. Row b continues
+    prompt group[b] as its slot[b]-th sample; it holds glen[b] generated tokens (slots past that are stale)."""
+
+    pk: torch.Tensor  # (L, U, H, P, hd) prompt keys, right-padded
+    pv: torch.Tensor  # (L, U, H, P, hd)
+    plen: torch.Tensor  # (U,) prompt lengths
+    k: torch.Tensor  # (L, B, H, G, hd) generated-token keys, G = capacity
+    v: torch.Tensor  # (L, B, H, G, hd)
+    glen: torch.Tensor  # (B,) generated tokens stored per row
+    group: torch.Tensor  # (B,) which prompt each row continues
+    slot: torch.Tensor  # (B,) index of the row among its prompt's rows, < n_slots
+    n_slots: int  # most rows any prompt has
+
+    @classmethod
+    def start(cls, pk: torch.Tensor, pv: torch.Tensor, plen: torch.Tensor, group: torch.Tensor, capacity: int,
+              dtype: torch.dtype) -> "SampleCache":
+        """Rows continuing prompts `group` (B,), none generated yet, room for `capacity` new tokens each."""
+        L, U, H, _, hd = pk.shape
+        counts, slots = [0] * U, []
+        for g in group.tolist():  # the r-th row of prompt g gets slot r
+            slots.append(counts[g])
+            counts[g] += 1
+        slot = torch.tensor(slots, dtype=torch.long, device=group.device)
+        # Zeros, not torch.empty: masked slots get probability 0, but 0 * NaN garbage would still be NaN.
+        shape = (L, len(group), H, capacity, hd)
+        return cls(pk.to(dtype), pv.to(dtype), plen, torch.zeros(shape, dtype=dtype, device=pk.device),
+                   torch.zeros(shape, dtype=dtype, device=pk.device), torch.zeros_like(group), group, slot,
+                   max(counts))
+
+    def select(self, rows: torch.Tensor) -> "SampleCache":
+        """Keep only `rows` (e.g. the unfinished ones): copies their generated-token cache, not the prompts'."""
+        upto = int(self.glen.max())
+        k, v = self.k.new_zeros((self.k.shape[0], len(rows)) + self.k.shape[2:]), self.v.new_zeros(
+            (self.v.shape[0], len(rows)) + self.v.shape[2:])
+        k[:, :, :, :upto] = self.k[:, rows, :, :upto]
+        v[:, :, :, :upto] = self.v[:, rows, :, :upto]
+        return dataclasses.replace(self, k=k, v=v, glen=self.glen[rows], group=self.group[rows], slot=self.slot[rows])
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+
+def _decode_attention(q: torch.Tensor, cache: SampleCache, layer: int, prompt_bias: torch.Tensor,
+                      own_bias: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row over its prompt and its own generated tokens -> (B, H, hd).
+
+    The prompt part runs per prompt with that prompt's rows stacked as a matrix of queries (U, H, n, hd), so
+    its keys are read once; the own part runs per row. Each part gives an unnormalised output o, its max
+    score m and its softmax mass l; they merge exactly (the two-block case of flash attention):
+        out = (o_A e^(m_A - m) + o_B e^(m_B - m)) / (l_A e^(m_A - m) + l_B e^(m_B - m)),  m = max(m_A, m_B)
+    prompt_bias (U, 1, 1, P) and own_bias (B, 1, G', 1) are 0 where a key is visible and -inf elsewhere."""
+    B, H, _, hd = q.shape
+    scale = hd ** -0.5
+    U, G = cache.pk.shape[1], own_bias.shape[-2]
+    # Prompt part, (U, H, n_slots, .) layout; empty slots hold zero queries whose results are never read.
+    qg = q.new_zeros((U, cache.n_slots, H, hd))
+    qg[cache.group, cache.slot] = q[:, :, 0]
+    s = torch.matmul(qg.transpose(1, 2), cache.pk[layer].transpose(-1, -2)).mul_(scale).add_(prompt_bias)
+    m_a = s.amax(dim=-1, keepdim=True)  # (U, H, n, 1)
+    p = s.sub_(m_a).exp_()
+    l_a = p.sum(dim=-1, keepdim=True)
+    o_a = torch.matmul(p, cache.pv[layer])  # (U, H, n, hd)
+    o_a, m_a, l_a = (t[cache.group, :, cache.slot] for t in (o_a, m_a, l_a))  # (B, H, hd), (B, H, 1) x 2
+    # Own part: this row's generated tokens, the new one included. Scores as K q (matrix-vector), which CPU
+    # BLAS runs ~1.5x faster than q K^T (vector-matrix).
+    s = torch.matmul(cache.k[layer][:, :, :G], q.transpose(-1, -2)).mul_(scale).add_(own_bias)  # (B, H, G, 1)
+    m_b = s.amax(dim=-2)  # (B, H, 1)
+    p = s.sub_(m_b[:, :, None]).exp_()
+    l_b = p.sum(dim=-2)  # (B, H, 1)
+    o_b = torch.matmul(p.transpose(-1, -2), cache.v[layer][:, :, :G])[:, :, 0]  # (B, H, hd)
+    m = torch.maximum(m_a, m_b)
+    w_a, w_b = (m_a - m).exp_(), (m_b - m).exp_()
+    return (o_a * w_a + o_b * w_b) / (l_a * w_a + l_b * w_b)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim, self.clip = cfg.n_heads, cfg.head_dim, cfg.clip_qkv
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # rows: [W_q; W_k; W_v]
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend=causal_attention) -> torch.Tensor:
+        """x: (B, T, C). `attend(q, k, v)` maps the RoPE'd heads (B, H, T, hd) to outputs (B, H, T, hd): plain
+        causal attention by default; prefill and decode pass ones that also store / read a KV cache."""
+        B, T, C = x.shape
+        qkv = self.qkv(x)  # (B, T, 3C)
+        if self.clip is not None:
+            qkv = qkv.clamp(-self.clip, self.clip)
+        q, k, v = _SplitHeadsRope.apply(qkv, cos, sin, self.n_heads)  # each (B, H, T, hd), RoPE on q and k
+        y = attend(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.mlp_hidden, bias=False)  # rows: [W_gate; W_up]
+        self.down = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
+        return self.down(F.silu(gate) * up)  # SwiGLU: W_down (silu(x W_gate) * x W_up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attend=causal_attention):
+        x = x + self.attn(layer_norm(x), cos, sin, attend)
+        return x + self.mlp(layer_norm(x))
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+class OLMo(nn.Module):
+    """OLMo-1 decoder. `forward(idx)` gives logits; `forward(idx, targets)` gives log p(targets) per token."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None or config.d_model is None:
+            config = config.resolve()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self._build_rope()
+        self.reset_parameters()
+
+    def _build_rope(self) -> None:
+        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        device = self.wte.weight.device
+        # Non-persistent: derived from the config, never saved.
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)  # (S, hd)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Every weight ~ N(0, init_std^2) truncated at +-3 init_std (the paper's "normal" init)."""
+        std = self.config.init_std
+        for p in self.parameters():
+            nn.init.trunc_normal_(p, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted once each (a tied head is not counted twice); optionally without embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    # -- full-sequence forward (training, scoring) -----------------------------------------------------------
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (B, T, C) for a causal pass over idx (B, T), positions 0..T-1."""
+        T = idx.shape[1]
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds model max_seq_len {self.config.max_seq_len}")
+        cos, sin = self.rope_cos[:T, None, None, :], self.rope_sin[:T, None, None, :]  # (T, 1, 1, hd)
+        x = self.wte(idx)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return layer_norm(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) -> logits (B, T, V); with targets (B, T): log p(targets[b, t] | idx[b, :t+1]) as (B, T)
+        fp32. The pretraining loss is `-model(x, y).mean()`; both forms run through
+        forward so a DistributedDataParallel wrapper sees them."""
+        h = self.hidden(idx)
+        if targets is None:
+            return self.lm_head(h)
+        return head_logprobs(self.lm_head, h, targets)
+
+    # -- KV-cache entry points for the sampler ---------------------------------------------------------------
+
+    def prefill(self, idx: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded prompts idx (U, P) (row u real for its first lengths[u] tokens) -> fp32 logits (U, V) at
+        each prompt's last token, and the keys and values of every layer, each (L, U, H, P, hd). Causal
+        attention means the padding after a prompt never affects its real positions; decode masks it out."""
+        U, P = idx.shape
+        cos, sin = self.rope_cos[:P, None, None, :], self.rope_sin[:P, None, None, :]  # (P, 1, 1, hd)
+        keys, values = [], []
+
+        def attend(q, k, v):
+            keys.append(k)
+            values.append(v)
+            return causal_attention(q, k, v)
+
+        x = self.wte(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin, attend)
+        last = x[torch.arange(U, device=idx.device), lengths - 1]  # (U, C)
+        return self.lm_head(layer_norm(last)).float(), torch.stack(keys), torch.stack(values)
+
+    def decode(self, tokens: torch.Tensor, cache: SampleCache, prompt_bias: torch.Tensor) -> torch.Tensor:
+        """Append one token per row (tokens (B,)) after its prompt and generated tokens; returns fp32 logits
+        (B, V). prompt_bias (U, 1, 1, P): 0 on each prompt's real positions, -inf on its padding."""
+        if int(cache.glen.max()) >= cache.capacity:
+            raise ValueError(f"sample cache full ({cache.capacity} generated tokens per row)")
+        pos = cache.plen[cache.group] + cache.glen  # (B,) absolute position of the new token
+        if int(pos.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(pos.max())} is past the model's max_seq_len {self.config.max_seq_len}")
+        G = int(cache.glen.max()) + 1
+        hidden = torch.arange(G, device=tokens.device) > cache.glen[:, None]  # (B, G): slots past the new token
+        own_bias = torch.where(hidden, -math.inf, 0.0).to(cache.k.dtype)[:, None, :, None]  # (B, 1, G, 1)
+        cos, sin = self.rope_cos[pos][:, None, None, None, :], self.rope_sin[pos][:, None, None, None, :]
+        rows = torch.arange(len(tokens), device=tokens.device)
+        x = self.wte(tokens[:, None])  # (B, 1, C)
+        for i, block in enumerate(self.blocks):
+
+            def attend(q, k, v, i=i):  # q, k, v: (B, H, 1, hd)
+                cache.k[i][rows, :, cache.glen] = k[:, :, 0].to(cache.k.dtype)  # store at each row's next slot
+                cache.v[i][rows, :, cache.glen] = v[:, :, 0].to(cache.v.dtype)
+                with torch.autocast(x.device.type, enabled=False):  # read the cache in its own dtype
+                    y = _decode_attention(q.to(cache.k.dtype), cache, i, prompt_bias, own_bias)
+                return y[:, :, None].to(v.dtype)
+
+            x = block(x, cos, sin, attend)
+        cache.glen = cache.glen + 1
+        return self.lm_head(layer_norm(x[:, 0])).float()
+
+    # -- persistence -------------------------------------------------------------------------------------------
+
+    def save(self, dir: str | Path) -> None:
+        """Write dir/model.safetensors (fp32-or-native weights; a tied head stored once) and dir/model_config.json."""
+        from safetensors.torch import save as st_save
+
+        dir = Path(dir)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight")
+        atomic_write_bytes(dir / "model.safetensors", st_save(state, metadata={"format": "pt"}))
+        atomic_write_json(dir / "model_config.json", dataclasses.asdict(self.config))
+
+    @classmethod
+    def load(cls, dir: str | Path, device: str | torch.device = "cpu") -> "OLMo":
+        """Read a folder written by `save`."""
+        from safetensors.torch import load_file
+
+        dir = Path(dir)
+        cfg_path, weights = dir / "model_config.json", dir / "model.safetensors"
+        for p in (cfg_path, weights):
+            if not p.exists():
+                raise FileNotFoundError(f"{p}: missing (expected a model folder written by OLMo.save)")
+        config = config_from_dict(json.loads(cfg_path.read_text()), str(cfg_path))
+        return from_state_dict(config, load_file(str(weights), device=str(device)), str(weights), device)
+
+
+def config_from_dict(d: dict, where: str) -> ModelConfig:
+    """ModelConfig from a JSON object; unknown keys are an error naming `where`."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown model config keys {unknown}")
+    return ModelConfig(**d).resolve()
+
+
+def from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], where: str,
+                    device: str | torch.device = "cpu") -> OLMo:
+    """Build an OLMo holding exactly `state` (in our parameter names) without running the random init."""
+    with torch.device("meta"):
+        model = OLMo(config)
+    model = model.to_empty(device=device)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    expected = set(model.state_dict()) - ({"lm_head.weight"} if config.tie_embeddings else set())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{where}: weights do not match the config (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+    for name, t in state.items():
+        want = model.state_dict()[name].shape
+        if t.shape != want:
+            raise ValueError(f"{where}: {name} has shape {tuple(t.shape)}, the config gives {tuple(want)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    model._build_rope()
+    return model
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    """log p(target) = (h W^T)[target] - logsumexp(h W^T), fused with the output head, over row chunks.
+
+    Why not `F.cross_entropy(logits.float(), ...)`: on CPU every pass over the (N, V) logits costs a DRAM round
+    trip, and that path makes about ten of them (fp32 copy, log-softmax, its backward, a zero-filled one-hot
+    gradient, casts back); this one makes three each way and never stores the logits (backward recomputes
+    them: one extra small matmul). The softmax is always accumulated in fp32.
+        forward:  lp_n = log_softmax(h_n W^T)[y_n]                        (fp32)
+        backward: dlogits_n = g_n (onehot(y_n) - softmax(h_n W^T)) ;  dh = dlogits W ;  dW = dlogits^T h
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
+                rows: int) -> torch.Tensor:
+        hc, wc = h.to(dtype), weight.to(dtype)  # (N, C), (V, C) in the matmul dtype
+        out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        for s in range(0, h.shape[0], rows):
+            logits = hc[s:s + rows] @ wc.t()  # (n, V)
+            out[s:s + rows] = F.log_softmax(logits, -1, dtype=torch.float32).gather(1, targets[s:s + rows, None])[:, 0]
+        ctx.save_for_backward(hc, wc, targets)
+        ctx.rows, ctx.h_dtype, ctx.w_dtype = rows, h.dtype, weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        hc, wc, targets = ctx.saved_tensors
+        dh = torch.empty_like(hc)
+        dw = None
+        for s in range(0, hc.shape[0], ctx.rows):
+            h_s, y_s = hc[s:s + ctx.rows], targets[s:s + ctx.rows]
+            g_s = g[s:s + ctx.rows, None].to(hc.dtype)  # (n, 1)
+            grad = torch.softmax(h_s @ wc.t(), dim=-1)  # (n, V): fp32 accumulation, stored in the matmul dtype
+            grad.mul_(-g_s)
+            flat = torch.arange(len(y_s), device=y_s.device) * grad.shape[1] + y_s
+            grad.view(-1).index_put_((flat,), g_s[:, 0], accumulate=True)  # + g at the target: g (onehot - p)
+            dh[s:s + ctx.rows] = grad @ wc
+            part = (grad.t() @ h_s).float()
+            dw = part if dw is None else dw.add_(part)
+        return dh.to(ctx.h_dtype), dw.to(ctx.w_dtype), None, None, None
+
+
+def head_logprobs(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
+                  max_logits: int = 1 << 24) -> torch.Tensor:
+    """log p(targets) (B, T) fp32 from final hidden states h (B, T, C) and the output head. At most
+    `max_logits` logits exist at once (the rows are chunked), so long sequences and big vocabularies fit."""
+    B, T, C = h.shape
+    V = lm_head.weight.shape[0]
+    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    rows = max(1, max_logits // V)
+    lp = _LinearLogprobs.apply(h.reshape(B * T, C), lm_head.weight, targets.reshape(B * T), dtype, rows)
+    return lp.view(B, T)
+
+
+def token_logprobs(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T) fp32 log p(targets[b, t] | idx[b, :t+1]) under `model` (an OLMo or a DDP wrapper of one): the
+    RL policy's and reference model's token log-probabilities. Memory-aware over the time axis."""
+    return model(idx, targets)

@@ -1,0 +1,240 @@
+"""OLMo model: sizes, causality, tying, persistence, and the hand-written kernels against plain PyTorch."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from echochamber.model import (PRESETS, ModelConfig, SampleCache, OLMo, _MaterializedCausalAttention, _SplitHeadsRope,
+                               head_logprobs, rope_tables, token_logprobs)
+
+
+def small_config(**overrides) -> ModelConfig:
+    base = dict(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=96, max_seq_len=64,
+                tie_embeddings=True, vocab_size=97)
+    return ModelConfig(**{**base, **overrides}).resolve()
+
+
+def olmo_param_count(d: int, layers: int, hidden: int, vocab: int, tied: bool) -> int:
+    """OLMo-1 without biases or norm weights: per layer W_q, W_k, W_v, W_o (d x d each) and the SwiGLU
+    W_gate, W_up (d x hidden) and W_down (hidden x d); an embedding, plus an output head unless tied."""
+    return layers * (4 * d * d + 3 * d * hidden) + vocab * d * (1 if tied else 2)
+
+
+@pytest.mark.parametrize("preset, tied, nominal", [("olmo-150m", False, 162e6), ("olmo-1b", True, 1.14e9)])
+def test_paper_sizes_on_meta_device(preset, tied, nominal):
+    with torch.device("meta"):
+        model = OLMo(ModelConfig(preset=preset).resolve(vocab_size=32000))
+    p = PRESETS[preset]
+    expected = olmo_param_count(p["d_model"], p["n_layers"], p["mlp_hidden"], 32000, tied)
+    assert model.num_params() == expected
+    assert abs(model.num_params() - nominal) / nominal < 0.01
+    assert model.config.tie_embeddings is tied
+    assert model.num_params(non_embedding=True) == expected - 32000 * p["d_model"] * (1 if tied else 2)
+
+
+def test_laptop_presets_are_small():
+    for name in ("olmo-tiny", "olmo-small"):
+        with torch.device("meta"):
+            n = OLMo(ModelConfig(preset=name).resolve(1024)).num_params()
+        assert 0.5e6 < n < 5e6, (name, n)
+
+
+def test_resolve_fills_from_preset_and_keeps_overrides():
+    cfg = ModelConfig(preset="olmo-tiny", n_layers=2, rope_theta=500.0).resolve(vocab_size=300)
+    assert cfg.n_layers == 2 and cfg.rope_theta == 500.0 and cfg.vocab_size == 300
+    assert cfg.d_model == PRESETS["olmo-tiny"]["d_model"] and cfg.init_std == 0.02
+    assert ModelConfig(vocab_size=512).resolve(vocab_size=300).vocab_size == 512  # padded vocab is allowed
+    with pytest.raises(ValueError, match="unknown preset"):
+        ModelConfig(preset="olmo-7b").resolve(100)
+    with pytest.raises(ValueError, match="custom"):
+        ModelConfig(preset="custom", d_model=64).resolve(100)
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        ModelConfig(vocab_size=100).resolve(vocab_size=300)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ModelConfig().resolve()
+    with pytest.raises(ValueError, match="heads"):
+        ModelConfig(preset="olmo-tiny", n_heads=3).resolve(100)
+
+
+def test_init_is_truncated_normal():
+    torch.manual_seed(0)
+    model = OLMo(small_config(d_model=128, mlp_hidden=256))
+    w = torch.cat([p.flatten() for p in model.parameters()])
+    assert w.abs().max() <= 3 * 0.02 + 1e-7
+    # std of N(0, 0.02^2) truncated at 3 sigma is 0.02 * 0.9866
+    assert abs(w.std().item() - 0.02 * 0.9866) < 0.0005
+    assert not any("bias" in n for n, _ in model.named_parameters())
+
+
+def test_forward_shapes_and_logprobs_match_log_softmax():
+    torch.manual_seed(0)
+    model = OLMo(small_config(init_std=0.2))
+    x = torch.randint(0, 97, (3, 20))
+    y = torch.randint(0, 97, (3, 20))
+    logits = model(x)
+    assert logits.shape == (3, 20, 97)
+    lp = token_logprobs(model, x, y)
+    assert lp.shape == (3, 20) and lp.dtype == torch.float32
+    ref = torch.log_softmax(logits.double(), -1).gather(-1, y[..., None])[..., 0]
+    torch.testing.assert_close(lp.double(), ref, atol=1e-5, rtol=0)
+    # Under bf16 autocast: an fp32 log-softmax of the bf16 logits, the same logits forward(x) gives.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp16, logits16 = model(x, y), model(x)
+    assert lp16.dtype == torch.float32 and logits16.dtype == torch.bfloat16
+    ref16 = torch.log_softmax(logits16.double(), -1).gather(-1, y[..., None])[..., 0]
+    torch.testing.assert_close(lp16.double(), ref16, atol=1e-4, rtol=0)
+
+
+def test_causal_future_tokens_do_not_change_past():
+    torch.manual_seed(0)
+    model = OLMo(small_config(init_std=0.2))
+    x = torch.randint(0, 97, (2, 30))
+    x2 = x.clone()
+    x2[:, 17:] = torch.randint(0, 97, (2, 13))
+    a, b = model(x), model(x2)
+    torch.testing.assert_close(a[:, :17], b[:, :17], atol=1e-5, rtol=0)
+    assert (a[:, 17:] - b[:, 17:]).abs().max() > 1e-3  # and they do change the future
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weight_tying(tied):
+    model = OLMo(small_config(tie_embeddings=tied))
+    assert (model.lm_head.weight is model.wte.weight) is tied
+    untied_extra = 0 if tied else 97 * 64
+    assert model.num_params() == olmo_param_count(64, 2, 96, 97, True) + untied_extra
+    x = torch.randint(0, 97, (2, 10))
+    (-model(x[:, :-1], x[:, 1:]).mean()).backward()
+    assert model.wte.weight.grad is not None and model.lm_head.weight.grad is not None
+    if tied:  # one tensor, so one gradient that includes the head's contribution
+        assert model.wte.weight.grad is model.lm_head.weight.grad
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_save_load_round_trip(tmp_path, tied):
+    torch.manual_seed(0)
+    model = OLMo(small_config(tie_embeddings=tied, clip_qkv=0.3, rope_theta=123.0))
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "model_config.json"]
+    loaded = OLMo.load(tmp_path / "m")
+    assert loaded.config == model.config
+    assert (loaded.lm_head.weight is loaded.wte.weight) is tied
+    x = torch.randint(0, 97, (2, 16))
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_config.json"):
+        OLMo.load(tmp_path)
+    model = OLMo(small_config())
+    model.save(tmp_path)
+    cfg = json.loads((tmp_path / "model_config.json").read_text())
+    (tmp_path / "model_config.json").write_text(json.dumps({**cfg, "n_layer": 3}))
+    with pytest.raises(ValueError, match=r"model_config.json.*n_layer"):
+        OLMo.load(tmp_path)
+    (tmp_path / "model_config.json").write_text(json.dumps({**cfg, "n_layers": 3}))
+    with pytest.raises(ValueError, match="blocks.2"):
+        OLMo.load(tmp_path)
+
+
+def test_chunked_head_equals_one_chunk_with_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    h = torch.randn(3, 11, 16, requires_grad=True)
+    y = torch.randint(0, 50, (3, 11))
+    grads = []
+    for max_logits in (1 << 20, 50 * 4):  # one chunk; chunks of 4 rows (9 chunks, the last partial)
+        h.grad, head.weight.grad = None, None
+        lp = head_logprobs(head, h, y, max_logits=max_logits)
+        (lp * torch.linspace(-1, 1, 33).view(3, 11)).sum().backward()
+        grads.append((lp.detach(), h.grad.clone(), head.weight.grad.clone()))
+    ref_lp = torch.log_softmax(head(h), -1).gather(-1, y[..., None])[..., 0]
+    ref_h, ref_w = torch.autograd.grad((ref_lp * torch.linspace(-1, 1, 33).view(3, 11)).sum(), (h, head.weight))
+    for lp, gh, gw in grads:
+        torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(gh, ref_h, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(gw, ref_w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block", [128, 5])  # one block; blocks of 5 query rows (the last one partial)
+def test_materialized_attention_matches_sdpa_forward_and_backward(monkeypatch, block):
+    monkeypatch.setattr(_MaterializedCausalAttention, "BLOCK", block)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ours = _MaterializedCausalAttention.apply(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g))
+
+
+def test_split_heads_rope_matches_reference_rotation():
+    """RoPE as HF writes it (q cos + rotate_half(q) sin), head split by view/transpose, with gradients."""
+    torch.manual_seed(0)
+    B, T, H, hd = 2, 7, 3, 8
+    qkv = torch.randn(B, T, 3 * H * hd, requires_grad=True)
+    cos, sin = rope_tables(hd, 16, 10000.0)
+    cos, sin = cos[:T, None, None, :], sin[:T, None, None, :]
+    q, k, v = _SplitHeadsRope.apply(qkv, cos, sin, H)
+
+    def rotate_half(x):
+        return torch.cat((-x[..., hd // 2:], x[..., :hd // 2]), -1)
+
+    c = cos[:, 0]  # (T, 1, hd): [cos, cos]
+    s = torch.cat((sin[..., hd // 2:], sin[..., hd // 2:]), -1)[:, 0]  # the table holds [-sin, sin]
+    x = qkv.view(B, T, 3, H, hd)
+    refs = [(x[:, :, i] * c + rotate_half(x[:, :, i]) * s).transpose(1, 2) for i in (0, 1)]
+    refs.append(x[:, :, 2].transpose(1, 2))
+    for ours, ref in zip((q, k, v), refs):
+        torch.testing.assert_close(ours, ref)
+        assert ours.is_contiguous()
+    w = [torch.randn_like(t) for t in refs]
+    g_ours = torch.autograd.grad(sum((a * b).sum() for a, b in zip((q, k, v), w)), qkv)[0]
+    g_ref = torch.autograd.grad(sum((a * b).sum() for a, b in zip(refs, w)), qkv)[0]
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_prefill_and_decode_match_full_forward():
+    """Two prompts of different lengths; prompt 1 has two samples that decode different tokens."""
+    torch.manual_seed(0)
+    model = OLMo(small_config(init_std=0.2))
+    x = torch.randint(0, 97, (2, 12))
+    lengths = torch.tensor([12, 7])
+    with torch.no_grad():
+        first, pk, pv = model.prefill(x, lengths)
+        full = model(x)
+        torch.testing.assert_close(first[0], full[0, 11], atol=1e-5, rtol=0)
+        torch.testing.assert_close(first[1], full[1, 6], atol=1e-5, rtol=0)
+        assert pk.shape == (2, 2, 2, 12, 32)
+        cache = SampleCache.start(pk, pv, lengths, torch.tensor([0, 1, 1]), 8, torch.float32)
+        assert cache.slot.tolist() == [0, 0, 1] and cache.n_slots == 2
+        bias = torch.zeros(2, 1, 1, 12).masked_fill_((torch.arange(12) >= lengths[:, None])[:, None, None], -math.inf)
+        seqs = [x[0].tolist(), x[1, :7].tolist(), x[1, :7].tolist()]
+        for step in range(3):
+            nxt = torch.tensor([5 + step, 9, 40 + step])
+            logits = model.decode(nxt, cache, bias)
+            for r in range(3):
+                seqs[r].append(int(nxt[r]))
+                torch.testing.assert_close(logits[r], model(torch.tensor([seqs[r]]))[0, -1], atol=1e-5, rtol=0)
+        assert cache.glen.tolist() == [3, 3, 3]
+        kept = cache.select(torch.tensor([2]))  # drop rows 0 and 1: row 2 goes on unchanged
+        logits = model.decode(torch.tensor([7]), kept, bias)
+        torch.testing.assert_close(logits[0], model(torch.tensor([seqs[2] + [7]]))[0, -1], atol=1e-5, rtol=0)
+
+
+def test_training_step_learns_a_repeated_batch():
+    torch.manual_seed(0)
+    model = OLMo(small_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rows = torch.randint(0, 97, (4, 33))
+    losses = []
+    for _ in range(40):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = -model(rows[:, :-1], rows[:, 1:]).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[0] > 4.0 and losses[-1] < 0.5 * losses[0]
