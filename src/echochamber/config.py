@@ -174,3 +174,35 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple
     for o in overrides:
         apply_override(data, cls, o)
     return from_dict(cls, data, where=str(path) if path else "config")
+
+
+# ----------------------------------------------------------------------------- the run config of every stage
+# Each section's dataclass lives beside the code it configures; none of those modules imports this one.
+from .data import DataConfig  # noqa: E402
+from .evaluate import EvalConfig  # noqa: E402
+from .model import ModelConfig  # noqa: E402
+from .pretrain import PretrainConfig  # noqa: E402
+from .rewards import VerifyConfig  # noqa: E402
+from .rl.train import RLConfig  # noqa: E402
+from .sandbox import SandboxConfig  # noqa: E402
+
+
+@dataclass
+class RunConfig:
+    """One config for the whole pipeline; each stage reads its section.
+    Stage outputs go to OUT_DIR/data, OUT_DIR/pretrain, OUT_DIR/rl."""
+
+    seed: int = 0  # seeds data generation, initialisation, sampling and shuffling
+    out_dir: str = "runs/quickstart"  # the run folder
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # where model-written code runs
+    verify: VerifyConfig = field(default_factory=VerifyConfig)  # math-verify worker processes
+
+
+def load_run_config(path: str | Path | None = "quickstart", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The RunConfig of a YAML file (path or built-in name) with dotted overrides applied."""
+    return load(RunConfig, path, overrides)

@@ -1,0 +1,5 @@
+"""`python -m echochamber ...` (and `torchrun ... -m echochamber pretrain ...`) run the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,232 @@
+"""The one command-line entry point. Subcommands are the pipeline's stages, in order:
+
+    echochamber data       mixture -> tokenizer + packed shards           (OUT/data)
+    echochamber pretrain   OLMo from scratch on the shards                (OUT/pretrain/model)
+    echochamber sample     look at what a model writes, graded by format
+    echochamber rl         GRPO post-training with verifiable rewards     (OUT/rl)
+    echochamber eval       pass@1 / pass@k / maj@k and format shares
+    echochamber report     figures + report.html for one or more RL runs
+    echochamber grade      label and grade any JSONL of responses
+    echochamber quickstart every stage on a laptop, end to end
+    echochamber export-hf / import-hf   Hugging Face OlmoForCausalLM folders
+
+Every stage takes --config (a YAML path or a built-in name, default `quickstart`) and dotted overrides:
+    echochamber rl --config quickstart rl.kl_coef=0.01 seed=2 out_dir=runs/kl01
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="quickstart",
+                   help="YAML config: a path or a built-in name (default: quickstart)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rl.kl_coef=0.01")
+
+
+def _load(args):
+    from .config import ConfigError, load_run_config
+
+    try:
+        return load_run_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+
+def cmd_data(args) -> None:
+    from .data import build_dataset
+
+    cfg = _load(args)
+    manifest = build_dataset(cfg.data, Path(cfg.out_dir) / "data")
+    print(f"wrote {Path(cfg.out_dir) / 'data'}: {manifest['total_tokens']:,} tokens")
+
+
+def cmd_pretrain(args) -> None:
+    from .pretrain import pretrain
+
+    cfg = _load(args)
+    final = pretrain(cfg, Path(cfg.out_dir) / "pretrain")
+    print(f"model: {final}")
+
+
+def cmd_sample(args) -> None:
+    from .evaluate import evaluate_dataset, format_results, load_dataset, load_policy
+
+    cfg = _load(args)
+    model_dir = args.model or Path(cfg.out_dir) / "pretrain" / "model"
+    model, tok = load_policy(model_dir)
+    cfg.eval.n_samples = 0
+    cfg.eval.temperature = args.temperature
+    problems = load_dataset(args.dataset, args.n, cfg, cfg.eval.data_path)
+    from .sampler import SampleConfig
+    from .evaluate import generate_texts
+    from . import formats
+
+    scfg = SampleConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=args.temperature,
+                        top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1)
+    texts = [t[0] for t in generate_texts(model, tok, [p.question for p in problems], scfg, cfg.seed,
+                                          cfg.eval.batch_prompts, "sample")]
+    graded = formats.grade_many(texts, [p.answer for p in problems], mode=cfg.eval.mode)
+    for p, t, g in list(zip(problems, texts, graded))[: args.show]:
+        print(f"--- {p.id}  label={g.label} answer={g.answer} gold={p.answer} correct={g.correct}")
+        print(p.question + t)
+    from .evaluate import accuracy_by_label, shares
+
+    labels, correct = [g.label for g in graded], [g.correct for g in graded]
+    share, acc = shares(labels), accuracy_by_label(labels, correct)
+    print(f"\n{len(problems)} problems at temperature {args.temperature}: accuracy {sum(correct) / len(correct):.3f}")
+    for lab in share:
+        a = "-" if acc[lab] is None else f"{acc[lab]:.3f}"
+        print(f"  {lab:>8}: share {share[lab]:.3f}  accuracy {a}")
+
+
+def cmd_rl(args) -> None:
+    from .rl.train import run_rl
+
+    cfg = _load(args)
+    summary = run_rl(cfg, Path(cfg.out_dir) / "rl")
+    print(format_summary(summary))
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate, format_results, load_policy
+
+    cfg = _load(args)
+    model_dir = Path(cfg.eval.model) if cfg.eval.model else Path(cfg.out_dir) / "pretrain" / "model"
+    model, tok = load_policy(model_dir)
+    out = Path(args.out) if args.out else model_dir.parent / "eval"
+    summary = evaluate(model, tok, cfg, step=0, out_root=out)
+    print(format_results(summary))
+    print(f"generations and results: {out}")
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    try:
+        path = write_report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    except ValueError as e:
+        sys.exit(f"report: {e}")
+    print(f"report: {path}")
+
+
+def cmd_grade(args) -> None:
+    from .rewards import format_summary_table, grade_file
+
+    summary = grade_file(args.input, args.out, question_field=args.question_field,
+                         response_field=args.response_field, gold_field=args.gold_field, mode=args.mode)
+    print(format_summary_table(summary))
+    print(f"graded records: {args.out}")
+
+
+def cmd_quickstart(args) -> None:
+    from .quickstart import quickstart
+
+    quickstart(out_dir=args.out, config=args.config, overrides=args.overrides)
+
+
+def cmd_export_hf(args) -> None:
+    from .hf import export_hf
+    from .model import OLMo
+
+    model_dir = Path(args.model)
+    tok = model_dir / "tokenizer.json"
+    export_hf(OLMo.load(model_dir), args.out, tokenizer_path=tok if tok.exists() else None)
+    print(f"Hugging Face OlmoForCausalLM folder: {args.out}")
+
+
+def cmd_import_hf(args) -> None:
+    import shutil
+
+    from .hf import import_hf
+
+    model = import_hf(args.hf_dir)
+    model.save(args.out)
+    tok = Path(args.hf_dir) / "tokenizer.json"
+    if tok.exists():
+        shutil.copy2(tok, Path(args.out) / "tokenizer.json")
+    print(f"echochamber model folder: {args.out}")
+
+
+def format_summary(s: dict) -> str:
+    """The five lines a quickstart ends with."""
+    def shares(d):
+        return ", ".join(f"{k} {v:.0%}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v > 0)
+
+    return "\n".join([
+        f"dataset:        {s['dataset']} (greedy)",
+        f"pass@1:         {s['pass1_before']:.1%} before RL -> {s['pass1_after']:.1%} after RL",
+        f"formats before: {shares(s['format_share_before'])}",
+        f"formats after:  {shares(s['format_share_after'])}",
+        f"wall time:      {s['wall_seconds'] / 60:.1f} min",
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echochamber", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, fn, help_ in [("data", cmd_data, "build the mixture's tokenizer and packed shards"),
+                            ("pretrain", cmd_pretrain, "pretrain an OLMo model from scratch"),
+                            ("rl", cmd_rl, "RL post-training (GRPO) with verifiable rewards")]:
+        p = sub.add_parser(name, help=help_)
+        _add_config_args(p)
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("sample", help="sample from a model and grade each output's format")
+    _add_config_args(p)
+    p.add_argument("--model", help="model folder (default OUT_DIR/pretrain/model)")
+    p.add_argument("--dataset", default="synthetic:test", help="SOURCE:SPLIT (default synthetic:test)")
+    p.add_argument("--n", type=int, default=64, help="problems (default 64)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--show", type=int, default=6, help="generations to print (default 6)")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("eval", help="pass@1, pass@k, maj@k and format shares of a model")
+    _add_config_args(p)
+    p.add_argument("--out", help="results folder (default: MODEL/../eval)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="figures and report.html for RL runs")
+    p.add_argument("runs", nargs="+", help="RL run folders (each with metrics.jsonl / eval/)")
+    p.add_argument("--out", help="output folder (default: the run folder, or ./report for several)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("grade", help="label and grade a JSONL of responses")
+    p.add_argument("input", help="JSONL with question, response and gold fields")
+    p.add_argument("--out", required=True, help="output JSONL: input fields + label, answer, correct")
+    p.add_argument("--question-field", default="question")
+    p.add_argument("--response-field", default="response")
+    p.add_argument("--gold-field", default="gold")
+    p.add_argument("--mode", choices=["structure", "paper"], default="structure",
+                   help="structure (default): label by real code structure; paper: the paper's grader, quirks included")
+    p.set_defaults(fn=cmd_grade)
+
+    p = sub.add_parser("quickstart", help="every stage on a laptop: data, pretrain, GRPO, eval, report")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
+    p.add_argument("--config", default="quickstart", help="YAML config (default: the built-in quickstart)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(fn=cmd_quickstart)
+
+    p = sub.add_parser("export-hf", help="write a model folder as a Hugging Face OlmoForCausalLM folder")
+    p.add_argument("model")
+    p.add_argument("out")
+    p.set_defaults(fn=cmd_export_hf)
+    p = sub.add_parser("import-hf", help="read a Hugging Face OlmoForCausalLM folder into a model folder")
+    p.add_argument("hf_dir")
+    p.add_argument("out")
+    p.set_defaults(fn=cmd_import_hf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Evaluation: greedy pass@1, sampled pass@k and maj@k, and which solution format each output is in.
+
+    echochamber eval --config quickstart eval.model=runs/quickstart/rl/final eval.n_samples=64
+
+For every dataset: one greedy generation per problem (pass@1, format shares, per-format accuracy) and, when
+n_samples > 0, n samples at temperature 0.7 / top-p 0.95 (pass@k with the unbiased estimator, maj@k). Every
+generation is saved with its label, answer and verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import formats
+from .formats import LABELS
+from .model import OLMo
+from .runio import atomic_write_json, write_jsonl
+from .sampler import SampleConfig, generate
+from .tasks import Problem, load_problems
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class EvalConfig:
+    datasets: list[str] = field(default_factory=lambda: ["synthetic:test"])  # SOURCE:SPLIT; e.g. gsm8k:test, math500:test, aime:2024
+    n_problems: int = 200  # problems per dataset (0 = all; paper: all of GSM8K test, 1319)
+    max_new_tokens: int = 320  # (paper: 2048)
+    n_samples: int = 0  # samples per problem for pass@k / maj@k (paper: 64); 0 = greedy only
+    temperature: float = 0.7  # sampling temperature for pass@k (paper: 0.7)
+    top_p: float = 0.95  # (paper: 0.95)
+    batch_prompts: int = 64  # prompts per generate() call
+    mode: str = "structure"  # format labelling: structure | paper (see formats.py)
+    data_path: str | None = None  # folder holding gsm8k/, math500/, aime/ (default: ../shared/data if present)
+    model: str | None = None  # model folder for `echochamber eval` (default OUT_DIR/pretrain/model)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021):
+    pass@k = 1 - C(n - c, k) / C(n, k), computed as a product to stay exact for large n."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def vote_key(answer: str | None) -> str | None:
+    """Answers that are the same number vote together ("29", "29.0", "1,000" and "1000")."""
+    if answer is None:
+        return None
+    number = formats.plain_number(answer)
+    return str(number) if number is not None else answer.strip()
+
+
+def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """maj@k: the most common parsed answer (ties go to the one seen first) decides; no answer never wins."""
+    keys = [vote_key(a) for a in answers]
+    votes = Counter(k for k in keys if k is not None)
+    if not votes:
+        return False
+    top = max(votes.values())
+    winner = next(k for k in keys if k is not None and votes[k] == top)
+    return next(c for k, c in zip(keys, correct) if k == winner)
+
+
+def shares(labels: list[str]) -> dict[str, float]:
+    n = max(1, len(labels))
+    counts = Counter(labels)
+    return {lab: counts.get(lab, 0) / n for lab in LABELS}
+
+
+def accuracy_by_label(labels: list[str], correct: list[bool]) -> dict[str, float | None]:
+    out = {}
+    for lab in LABELS:
+        hits = [c for l, c in zip(labels, correct) if l == lab]
+        out[lab] = sum(hits) / len(hits) if hits else None
+    return out
+
+
+def load_dataset(spec: str, n: int, cfg, data_path: str | None) -> list[Problem]:
+    """'synthetic:test' -> the synthetic test split of this run's generator; 'gsm8k:test' -> local files."""
+    source, _, split = spec.partition(":")
+    kwargs = {}
+    if source == "synthetic":
+        kwargs["cfg"] = cfg.data.synthetic
+    elif data_path:
+        kwargs["data_dir"] = data_path
+    return load_problems(source, split or "test", n=n or None, **kwargs)
+
+
+def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: SampleConfig, seed: int,
+                   batch_prompts: int, desc: str, progress: bool = True) -> list[list[str]]:
+    """Generate n responses per question in chunks of batch_prompts; returns texts[question][sample]."""
+    from tqdm import tqdm
+
+    out: list[list[str]] = []
+    chunks = range(0, len(questions), batch_prompts)
+    for ci, start in enumerate(tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)):
+        prompts = tok.encode_batch(questions[start:start + batch_prompts])
+        gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed + ci)
+        texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
+        out.extend(texts[i * scfg.n:(i + 1) * scfg.n] for i in range(len(prompts)))
+    return out
+
+
+def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg: EvalConfig, *, seed: int,
+                     out_dir: Path | None, name: str, pool=None, progress: bool = True) -> dict:
+    questions = [p.question for p in problems]
+    golds = [p.answer for p in problems]
+    greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1)
+    greedy = [t[0] for t in generate_texts(model, tok, questions, greedy_cfg, seed, ecfg.batch_prompts,
+                                           f"eval {name} greedy", progress)]
+    graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool)
+    labels, correct = [g.label for g in graded], [g.correct for g in graded]
+    result = {"n": len(problems), "pass@1": sum(correct) / max(1, len(correct)),
+              "format_share": shares(labels), "format_acc": accuracy_by_label(labels, correct)}
+    rows = [{"id": p.id, "question": p.question, "response": r, "label": g.label, "answer": g.answer,
+             "boxed": g.boxed, "gold": p.answer, "correct": g.correct} for p, r, g in zip(problems, greedy, graded)]
+    if out_dir:
+        write_jsonl(out_dir / f"{name}_greedy.jsonl", rows)
+
+    if ecfg.n_samples > 0:
+        n = ecfg.n_samples
+        sample_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
+                                  top_p=ecfg.top_p, n=n)
+        samples = generate_texts(model, tok, questions, sample_cfg, seed + 10_000, max(1, ecfg.batch_prompts // n),
+                                 f"eval {name} x{n}", progress)
+        flat = [s for group in samples for s in group]
+        sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool)
+        per_problem = [sgraded[i * n:(i + 1) * n] for i in range(len(problems))]
+        result["k"] = n
+        result["pass@k"] = sum(pass_at_k(n, sum(g.correct for g in gs), n) for gs in per_problem) / len(problems)
+        result["maj@k"] = sum(majority_correct([g.answer for g in gs], [g.correct for g in gs])
+                              for gs in per_problem) / len(problems)
+        result["sample_format_share"] = shares([g.label for g in sgraded])
+        result["sample_format_acc"] = accuracy_by_label([g.label for g in sgraded], [g.correct for g in sgraded])
+        if out_dir:
+            write_jsonl(out_dir / f"{name}_samples.jsonl",
+                        [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer,
+                          "gold": p.answer, "correct": g.correct}
+                         for p, texts, gs in zip(problems, samples, per_problem)
+                         for j, (s, g) in enumerate(zip(texts, gs))])
+    return result
+
+
+def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, pool=None,
+             progress: bool = True) -> dict:
+    """Evaluate on every dataset of cfg.eval; writes out_root/step_N.json and out_root/step_N/*.jsonl."""
+    ecfg: EvalConfig = cfg.eval
+    step_dir = out_root / f"step_{step:06d}"
+    was_training = model.training
+    model.eval()
+    results = {}
+    for spec in ecfg.datasets:
+        name = spec.replace(":", "_")
+        problems = load_dataset(spec, ecfg.n_problems, cfg, ecfg.data_path)
+        results[name] = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir, name=name,
+                                         pool=pool, progress=progress)
+    model.train(was_training)
+    summary = {"step": step, "datasets": results}
+    atomic_write_json(out_root / f"step_{step:06d}.json", summary)
+    return summary
+
+
+def format_results(summary: dict) -> str:
+    """A short table of one evaluation for the terminal."""
+    lines = []
+    for name, r in summary["datasets"].items():
+        extra = f"  pass@{r['k']} {r['pass@k']:.3f}  maj@{r['k']} {r['maj@k']:.3f}" if "k" in r else ""
+        share = " ".join(f"{lab} {v:.2f}" for lab, v in r["format_share"].items() if v > 0)
+        lines.append(f"{name:>20}  n={r['n']:<5} pass@1 {r['pass@1']:.3f}{extra}  formats: {share}")
+    return "\n".join(lines)
+
+
+def load_policy(model_dir: str | Path, device: str = "cpu") -> tuple[OLMo, Tokenizer]:
+    model_dir = Path(model_dir)
+    if not (model_dir / "tokenizer.json").exists():
+        sys.exit(f"{model_dir}: no tokenizer.json here; expected a model folder written by pretrain or rl")
+    return OLMo.load(model_dir, device=device), Tokenizer.load(model_dir / "tokenizer.json")

@@ -1,0 +1,217 @@
+"""Pretraining from scratch: next-token prediction on a packed mixture.
+
+    echochamber pretrain --config quickstart pretrain.max_steps=2000
+
+One optimizer step = grad_accum micro-batches of batch_size sequences on every process (torchrun for more than
+one). Everything a resumed run needs - weights, AdamW state, RNG states, the next row of the packed data, the
+step - is in an atomically written checkpoint, so N steps straight equal N/2 steps, stop, resume, N/2 steps,
+loss for loss.
+
+Run folder:
+    checkpoints/step_000200/{model.safetensors, model_config.json, trainer_state.pt}   (the last `keep_checkpoints`)
+    checkpoints/latest.json       {"step": 200, "path": "step_000200"}  (written after the folder is complete)
+    model/                        final weights + tokenizer.json: what `rl` and `eval` start from
+    metrics.jsonl, tb/            per-step loss, lr, grad norm, tokens/s, validation loss
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import distributed as dist
+from .data import PackedDataset
+from .model import OLMo, ModelConfig
+from .checkpoint import export_model, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .runio import append_jsonl, read_jsonl, truncate_jsonl, write_run_metadata
+
+
+@dataclass
+class PretrainConfig:
+    max_steps: int = 1000  # optimizer steps (paper: one epoch over the mixture)
+    batch_size: int = 32  # sequences per micro-batch per process (paper: 512 x 2048 tokens per step in all)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # peak learning rate (paper: 1e-3)
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak (paper: 0.1)
+    warmup_steps: int = 100  # linear warmup (paper: 5000)
+    weight_decay: float = 0.1  # AdamW, on matrices only (paper: 0.1)
+    betas: tuple[float, float] = (0.9, 0.95)  # paper: (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm (paper: 1.0)
+    autocast: Literal["bfloat16", "float32"] = "bfloat16"  # matmul precision (paper: bf16)
+    eval_every: int = 100  # steps between validation losses (and at the end)
+    eval_batches: int = 8  # validation micro-batches per evaluation
+    ckpt_every: int = 200  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is complete
+    log_every: int = 10  # steps between metric records
+    stop_at: int | None = None  # stop (with a checkpoint) at this step, to resume later; the schedule still spans max_steps
+    data_dir: str | None = None  # packed data from `echochamber data`; default OUT_DIR/data
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine to min_lr_ratio * lr at max_steps.
+    lr(t) = lr * [r + (1 - r) * (1 + cos(pi * (t - w) / (T - w))) / 2]  for t >= w."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    r = cfg.min_lr_ratio
+    return cfg.lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on embeddings' norms/biases: OLMo-1 has neither)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=torch.cuda.is_available())
+
+
+def autocast_ctx(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def lm_loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over a packed batch. rows: (B, T+1) -> inputs rows[:, :-1], targets rows[:, 1:]."""
+    logits = model(rows[:, :-1])  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+
+
+# ----------------------------------------------------------------------------- training
+
+@torch.no_grad()
+def validation_loss(model, val: PackedDataset, cfg: PretrainConfig, device) -> float:
+    """Mean loss over the first eval_batches micro-batches of the validation split (the same rows every time)."""
+    model.eval()
+    losses = []
+    n = min(cfg.eval_batches, max(1, val.n_sequences // cfg.batch_size))
+    for i in range(n):
+        rows = val.batch(i * cfg.batch_size, min(cfg.batch_size, val.n_sequences)).to(device)
+        with autocast_ctx(device, cfg.autocast):
+            losses.append(lm_loss(model, rows).item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def pretrain(cfg, out_dir: str | Path, *, progress: bool = True) -> Path:
+    """Run (or resume) pretraining described by RunConfig `cfg`; returns the folder of the final model."""
+    pcfg: PretrainConfig = cfg.pretrain
+    out_dir = Path(out_dir)
+    ctx = dist.init()
+    device = ctx.device
+    if pcfg.threads and device.type == "cpu":
+        torch.set_num_threads(pcfg.threads)
+
+    data_dir = Path(pcfg.data_dir) if pcfg.data_dir else Path(cfg.out_dir) / "data"
+    train, val = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
+    run_dir = out_dir
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+
+    torch.manual_seed(cfg.seed)
+    model_cfg: ModelConfig = cfg.model.resolve(vocab_size=train.vocab_size)
+    model = OLMo(model_cfg).to(device)
+    opt = make_optimizer(model, pcfg.lr, pcfg.weight_decay, pcfg.betas, pcfg.eps)
+
+    # Resume: weights, optimizer, RNG, data position and step from the latest complete checkpoint.
+    step, next_row = 0, 0
+    resume_from = latest_checkpoint(ckpt_root)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, device)
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, next_row = state["step"], state["next_row"]
+        if ctx.is_main:
+            # Records logged after that checkpoint are redone by this run: drop them so the log has one per step.
+            truncate_jsonl(metrics_path, lambda r: r["step"] <= step)
+            print(f"resuming from {resume_from} (step {step})", file=sys.stderr)
+    elif ctx.is_main:
+        write_run_metadata(run_dir, cfg, "pretrain")
+
+    ddp_model = dist.wrap(model, ctx)
+    tb = None
+    if ctx.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(run_dir / "tb"))
+        n_params = model.num_params()
+        tokens_per_step = pcfg.batch_size * pcfg.grad_accum * ctx.world_size * train.seq_len
+        print(f"model {model_cfg.preset}: {n_params / 1e6:.2f}M parameters; {train.n_sequences} train sequences "
+              f"of {train.seq_len} tokens; {tokens_per_step} tokens per step", file=sys.stderr)
+
+    bar = tqdm(total=pcfg.max_steps, initial=step, desc="pretrain", unit="step", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
+    t_last, tokens_since = time.perf_counter(), 0
+    model.train()
+    last_step = min(pcfg.max_steps, pcfg.stop_at or pcfg.max_steps)
+    while step < last_step:
+        lr = lr_at(step, pcfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(pcfg.grad_accum):
+            # Rows for this process: the global batch is world_size consecutive blocks of batch_size rows.
+            start = next_row + ctx.rank * pcfg.batch_size
+            rows = train.batch(start, pcfg.batch_size).to(device, non_blocking=True)
+            next_row += ctx.world_size * pcfg.batch_size
+            sync = micro == pcfg.grad_accum - 1
+            with dist.maybe_no_sync(ddp_model, sync), autocast_ctx(device, pcfg.autocast):
+                loss = lm_loss(ddp_model, rows) / pcfg.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_since += pcfg.batch_size * pcfg.grad_accum * ctx.world_size * train.seq_len
+        loss_val = dist.mean(loss_sum, ctx)
+
+        record = None
+        if step % pcfg.log_every == 0 or step == pcfg.max_steps:
+            now = time.perf_counter()
+            record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm,
+                      "tokens": next_row * train.seq_len, "tokens_per_s": tokens_since / (now - t_last)}
+            t_last, tokens_since = now, 0
+        if step % pcfg.eval_every == 0 or step == pcfg.max_steps:
+            record = record or {"step": step, "loss": loss_val, "lr": lr}
+            record["val_loss"] = validation_loss(model, val, pcfg, device)
+        if record and ctx.is_main:
+            append_jsonl(metrics_path, record)
+            for k, v in record.items():
+                if k != "step":
+                    tb.add_scalar(f"pretrain/{k}", v, step)
+            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "val_loss") if k in record})
+        bar.update(1)
+
+        if step % pcfg.ckpt_every == 0 or step == last_step:
+            if ctx.is_main:
+                save_checkpoint(ckpt_root, model, {"step": step, "next_row": next_row, "optimizer": opt.state_dict(),
+                                                   "rng": rng_state()}, pcfg.keep_checkpoints)
+            dist.barrier(ctx)
+    bar.close()
+
+    final_dir = run_dir / "model"
+    if ctx.is_main and step == pcfg.max_steps:
+        export_model(model, data_dir / "tokenizer.json", final_dir)
+        if tb:
+            tb.close()
+    dist.barrier(ctx)
+    dist.shutdown(ctx)
+    return final_dir
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    return read_jsonl(Path(run_dir) / "metrics.jsonl", tolerate_torn_tail=True)

@@ -1,0 +1,42 @@
+"""Config loading: YAML + dotted overrides, strict about keys and types."""
+
+import pytest
+
+from echochamber.config import ConfigError, builtin_configs, load_run_config, to_dict
+
+
+def test_builtin_quickstart_loads_and_overrides_apply():
+    cfg = load_run_config("quickstart", ["rl.kl_coef=1e-3", "pretrain.betas=[0.9, 0.99]", "seed=3"])
+    assert cfg.rl.kl_coef == pytest.approx(1e-3)
+    assert cfg.pretrain.betas == (0.9, 0.99)
+    assert cfg.seed == 3
+    assert "quickstart" in builtin_configs()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rl.kl_coeff=0.1", "unknown key 'rl.kl_coeff'"),
+    ("nosuchsection.x=1", "unknown key 'nosuchsection'"),
+    ("rl.steps=ten", "rl.steps: expected an integer"),
+    ("rl.steps", "expected key=value"),
+    ("rl.loss_agg=batch", "expected one of"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config("quickstart", [override])
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rl:\n  steps: 3\n  kl_coef: 0.0\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml\.rl: unknown key\(s\) \['learning_rate'\]"):
+        load_run_config(path)
+
+
+def test_round_trip_through_dict(tmp_path):
+    import yaml
+
+    cfg = load_run_config("quickstart", ["rl.steps=7"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    again = load_run_config(path)
+    assert to_dict(again) == to_dict(cfg)

@@ -1,0 +1,44 @@
+"""Evaluation metrics: the unbiased pass@k estimator against brute force, majority voting, format shares."""
+
+import itertools
+import math
+
+import pytest
+
+from echochamber.evaluate import accuracy_by_label, majority_correct, pass_at_k, shares
+
+
+@pytest.mark.parametrize("n, c", [(5, 0), (5, 1), (6, 3), (8, 7), (8, 8), (10, 4)])
+def test_pass_at_k_equals_enumeration_of_all_k_subsets(n, c):
+    samples = [True] * c + [False] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(range(n), k))
+        brute = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+        assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+
+
+def test_pass_at_k_large_n_stays_finite():
+    # C(64, 32) overflows float factorials; the product form does not.
+    value = pass_at_k(1024, 3, 64)
+    assert 0 < value < 1 and math.isfinite(value)
+    with pytest.raises(ValueError, match="at least 9 samples"):
+        pass_at_k(8, 1, 9)
+
+
+def test_majority_vote():
+    assert majority_correct(["5", "6", "5", None], [True, False, True, False]) is True
+    assert majority_correct(["6", "6", "5", None], [False, False, True, False]) is False
+    assert majority_correct([None, None], [False, False]) is False  # no answer never wins
+    # The same number written differently votes together.
+    assert majority_correct(["29.0", "30", "29", "1,000"], [True, False, True, False]) is True
+    # A tie goes to the answer seen first.
+    assert majority_correct(["7", "5", "5", "7"], [False, True, True, False]) is False
+
+
+def test_shares_and_accuracy_by_label():
+    labels = ["tinygsm", "tinygsm", "text", "unknown"]
+    correct = [True, False, True, False]
+    s = shares(labels)
+    assert s == {"tinygsm": 0.5, "omi1": 0.0, "text": 0.25, "unknown": 0.25}
+    acc = accuracy_by_label(labels, correct)
+    assert acc["tinygsm"] == 0.5 and acc["text"] == 1.0 and acc["omi1"] is None
