@@ -6,10 +6,10 @@ loaded with transformers' OlmoForCausalLM, so both sample from the same distribu
 generated tokens (through EOS, padding excluded) over wall time, prefill included. Two workloads:
 
   no EOS    every row generates --max-new tokens: raw decoding speed.
-  EOS       rows stop at an end token at varied lengths, as RL responses do. A random model has no real end
-            token, so the bench uses the token whose frequency in a pilot run makes rows stop after about
-            --max-new / 2 tokens on average (geometric lengths). HF keeps computing finished rows until the
-            last one ends; ours drops them.
+  EOS       rows stop at an end token at varied lengths, as RL responses do: before timing, the random model
+            is trained for a few seconds on random documents that end with probability 1 / --max-new per
+            token, so it learns to emit EOS at that rate. HF keeps computing finished rows until the last
+            one ends; ours drops them.
 
     python bench/generate_throughput.py                        # laptop preset, about a minute on 2 cores
     python bench/generate_throughput.py --prompts 64 --n 8     # the full RL rollout batch (slower)
@@ -62,14 +62,21 @@ def run_hf(hf, prompts: list[list[int]], cfg: SampleConfig, eos: int | None) -> 
     return seconds, int(lengths.sum())
 
 
-def pick_eos(model: OLMo, prompts: list[list[int]], cfg: SampleConfig) -> int:
-    """The token whose share of a pilot run's samples is closest to 2 / max_new: as an end token it stops a row
-    after max_new / 2 tokens on average."""
-    pilot = generate(model, prompts, SampleConfig(max_new_tokens=64, temperature=cfg.temperature, top_p=cfg.top_p,
-                                                  n=cfg.n), eos_id=-1, seed=123)
-    counts = torch.bincount(torch.tensor([t for g in pilot for t in g.tokens]), minlength=model.config.vocab_size)
-    share = counts.float() / counts.sum()
-    return int((share - 2.0 / cfg.max_new_tokens).abs().argmin())
+def teach_eos(model: OLMo, eos: int, rate: float, steps: int = 40) -> None:
+    """Train the random model briefly on random documents that end (EOS) with probability `rate` per token,
+    so that it stops its samples at varied lengths like a real policy (its other tokens stay near uniform)."""
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(0, model.config.vocab_size - 1, (16, 129), generator=g)
+        rows[torch.rand(rows.shape, generator=g) < rate] = eos
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = -model(rows[:, :-1], rows[:, 1:]).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
 
 
 def main() -> None:
@@ -93,7 +100,9 @@ def main() -> None:
     rng = random.Random(0)
 
     cfg = ModelConfig(preset=args.preset).resolve(args.vocab)
-    ours = OLMo(cfg).eval()
+    ours = OLMo(cfg)
+    eos = cfg.vocab_size - 1
+    teach_eos(ours, eos, rate=1.0 / args.max_new)
     try:
         from transformers import OlmoForCausalLM
     except ImportError:
@@ -102,7 +111,7 @@ def main() -> None:
         export_hf(ours, d)
         hf = OlmoForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").eval()
 
-    prompts = [[rng.randrange(cfg.vocab_size) for _ in range(rng.randint(*args.prompt_len))]
+    prompts = [[rng.randrange(eos) for _ in range(rng.randint(*args.prompt_len))]
                for _ in range(args.prompts)]
     generate(ours, prompts[:1], SampleConfig(max_new_tokens=4), eos_id=-1, seed=0)  # warm-up
     print(f"\npreset {args.preset} ({ours.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}), "
@@ -110,15 +119,13 @@ def main() -> None:
           f"{args.prompt_len[0]}-{args.prompt_len[1]}, up to {args.max_new} new tokens, temperature "
           f"{args.temperature}, top_p {args.top_p}, {torch.get_num_threads()} threads\n")
     print(f"{'dtype':<9} {'workload':<8} {'sampler':<22} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}")
-    eos = pick_eos(ours, prompts, SampleConfig(max_new_tokens=args.max_new, temperature=args.temperature,
-                                               top_p=args.top_p, n=args.n))
     for dtype in args.dtype:
         scfg = SampleConfig(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p, n=args.n,
                             dtype=dtype)
         for workload, end in (("no EOS", None), ("EOS", eos)):
             rows = {"echochamber generate": run_ours(ours, prompts, scfg, end),
                     "HF generate": run_hf(hf, prompts, scfg, end)}
-            for name, (sec, toks) in rows.items():
+            for name, (sec, toks) in rows.items():  # tokens: sum over rows of tokens through EOS
                 print(f"{dtype:<9} {workload:<8} {name:<22} {sec:>8.2f} {toks:>7d} {toks / sec:>9.0f}")
             (s_o, t_o), (s_h, t_h) = rows["echochamber generate"], rows["HF generate"]
             print(f"{dtype:<9} {workload:<8} speed-up ours / HF: {(t_o / s_o) / (t_h / s_h):.2f}x tokens/s\n")

@@ -142,16 +142,16 @@ def test_load_errors_name_the_file(tmp_path):
 def test_chunked_head_equals_one_chunk_with_gradients():
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False)
-    h = torch.randn(3, 11, 16, requires_grad=True)
-    y = torch.randint(0, 50, (3, 11))
+    h = torch.randn(3, 71, 16, requires_grad=True)  # 213 rows: chunks of 70, 70, 70, 3
+    y = torch.randint(0, 50, (3, 71))
     grads = []
-    for max_logits in (1 << 20, 50 * 4):  # one chunk; chunks of 4 rows (9 chunks, the last partial)
+    for max_logits in (1 << 20, 50 * 70):  # one chunk; chunks of 70 rows (the minimum 64 would do the same)
         h.grad, head.weight.grad = None, None
         lp = head_logprobs(head, h, y, max_logits=max_logits)
-        (lp * torch.linspace(-1, 1, 33).view(3, 11)).sum().backward()
+        (lp * torch.linspace(-1, 1, 213).view(3, 71)).sum().backward()
         grads.append((lp.detach(), h.grad.clone(), head.weight.grad.clone()))
     ref_lp = torch.log_softmax(head(h), -1).gather(-1, y[..., None])[..., 0]
-    ref_h, ref_w = torch.autograd.grad((ref_lp * torch.linspace(-1, 1, 33).view(3, 11)).sum(), (h, head.weight))
+    ref_h, ref_w = torch.autograd.grad((ref_lp * torch.linspace(-1, 1, 213).view(3, 71)).sum(), (h, head.weight))
     for lp, gh, gw in grads:
         torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
         torch.testing.assert_close(gh, ref_h, atol=1e-5, rtol=1e-4)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from echochamber.model import ModelConfig, OLMo, token_logprobs
+from echochamber import sampler
 from echochamber.sampler import SampleConfig, generate
 
 V = 97
@@ -36,7 +37,9 @@ def argmax_decode(model: OLMo, prompt: list[int], steps: int, eos: int | None = 
     return out
 
 
-def test_cached_greedy_equals_uncached_argmax(model):
+@pytest.mark.parametrize("capacity", [256, 3])  # 3: the generated-token cache grows (doubles) twice+
+def test_cached_greedy_equals_uncached_argmax(model, monkeypatch, capacity):
+    monkeypatch.setattr(sampler, "INITIAL_CAPACITY", capacity)
     prompts = prompts_of([5, 1, 12])
     gens = generate(model, prompts, SampleConfig(max_new_tokens=25, temperature=0.0), eos_id=V - 1, seed=0)
     for p, g in zip(prompts, gens):
@@ -148,3 +151,18 @@ def test_bad_inputs_are_errors(model):
     with pytest.raises(ValueError, match="top_p"):
         generate(model, [[1]], SampleConfig(top_p=0.0), eos_id=0, seed=0)
     assert generate(model, [], SampleConfig(), eos_id=0, seed=0) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_greedy_matches_cpu(model):
+    prompts = prompts_of([5, 13, 2])
+    cfg = SampleConfig(max_new_tokens=15, temperature=0.0, n=2)
+    cpu = generate(model, prompts, cfg, eos_id=V - 1, seed=0)
+    gpu_model = OLMo(model.config).cuda()
+    gpu_model.load_state_dict(model.state_dict())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = generate(gpu_model.eval(), prompts, cfg, eos_id=V - 1, seed=0)
+    assert [g.tokens for g in gpu] == [g.tokens for g in cpu]
+    sampled = generate(gpu_model, prompts, SampleConfig(max_new_tokens=15, temperature=1.0, n=2, dtype="bfloat16"),
+                       eos_id=V - 1, seed=0)
+    assert all(len(g.tokens) == len(g.logprobs) > 0 for g in sampled)

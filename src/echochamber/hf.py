@@ -44,7 +44,8 @@ def to_hf_state_dict(model: OLMo) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def from_hf_state_dict(state: dict[str, torch.Tensor], n_layers: int, tied: bool, where: str) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(state: dict[str, torch.Tensor], n_layers: int, tied: bool,
+                       where: str) -> dict[str, torch.Tensor]:
     """HF OlmoForCausalLM weights -> our names (q/k/v and gate/up stacked). Unknown or missing keys are errors."""
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}  # old checkpoints kept it
 
@@ -132,7 +133,8 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of an HF folder: model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin."""
     from safetensors.torch import load_file
 
-    single, index, pt = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json", hf_dir / "pytorch_model.bin"
+    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+    pt = hf_dir / "pytorch_model.bin"
     if single.exists():
         return load_file(str(single))
     if index.exists():
@@ -160,9 +162,10 @@ def import_hf(hf_dir: str | Path, device: str | torch.device = "cpu") -> OLMo:
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         if key not in c:
             raise ValueError(f"{where}: missing key {key!r}")
+    heads = c["num_attention_heads"]
     checks = {"attention_bias": (c.get("attention_bias", False), False),
               "hidden_act": (c.get("hidden_act", "silu"), "silu"),
-              "num_key_value_heads": (c.get("num_key_value_heads") or c["num_attention_heads"], c["num_attention_heads"])}
+              "num_key_value_heads": (c.get("num_key_value_heads") or heads, heads)}
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     checks["rope type"] = (rope.get("rope_type", rope.get("type", "default")), "default")
     for key, (got, want) in checks.items():

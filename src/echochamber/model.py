@@ -7,14 +7,18 @@ from N(0, 0.02^2) truncated at 3 sigma.
 
     x = wte[idx]                                  # (B, T, C) residual stream, fp32
     for each block:
-        x = x + Attn(LN(x))                       # q, k, v = LN(x) W_qkv ; RoPE(q), RoPE(k) ; softmax(q k^T / sqrt(d)) v
+        x = x + Attn(LN(x))                       # q, k, v = LN(x) W_qkv; RoPE(q, k); softmax(q k^T / sqrt(hd)) v
         x = x + W_down (silu(LN(x) W_gate) * LN(x) W_up)
     logits = LN(x) W_head                         # (B, T, V)
 
-Speed notes (CPU, bf16 autocast): q/k/v are one matmul and gate/up are one matmul (HF runs five), RoPE
-tables are built once, attention is `F.scaled_dot_product_attention` (is_causal, no mask tensor), and fewer
-parameter tensors mean a cheaper optimizer step. The sampler's KV-cache entry points are `prefill` and
-`decode`; `SampleCache` stores each prompt's keys and values once for all the samples that continue it.
+Speed notes (CPU, bf16 autocast; measured against HF OlmoForCausalLM in bench/train_throughput.py):
+q/k/v and gate/up are one matmul each (HF runs five); the head split and RoPE are one autograd function
+working on contiguous fp32 (`_SplitHeadsRope`); short-sequence attention keeps its probabilities in memory
+(`_MaterializedCausalAttention`, faster than the CPU flash kernel below 512 tokens); the output head and its
+log-softmax are fused (`_LinearLogprobs`) so the (N, V) logits make three memory passes instead of ten; and
+`tune_cpu_allocator()` stops glibc from page-faulting every large activation in anew each step.
+The sampler's entry points are `prefill` and `decode`; `SampleCache` stores each prompt's keys and values
+once for all the samples that continue it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from .runio import atomic_write_bytes, atomic_write_json
 # 3 x 2048 x 8192) + 32000 x 2048). Counts at the vocab sizes shown come from `OLMo(...).num_params()`.
 PRESETS: dict[str, dict] = {
     # Laptop model: ~0.98M parameters at vocab 1024 (0.85M in the blocks). Trains in minutes on 2 CPU cores.
+    # Two heads of 64 (the 150M model's head size): on CPU, attention with 64-wide heads runs 2-3x faster than
+    # with four heads of 32 at the same width.
     "olmo-tiny": dict(d_model=128, n_layers=4, n_heads=2, mlp_hidden=384, max_seq_len=2048, tie_embeddings=True),
     # Laptop model: ~3.7M parameters at vocab 1024 (3.4M in the blocks).
     "olmo-small": dict(d_model=256, n_layers=4, n_heads=4, mlp_hidden=768, max_seq_len=2048, tie_embeddings=True),
@@ -182,7 +188,8 @@ class _MaterializedCausalAttention(torch.autograd.Function):
     blocks of 128 does 3/4 of the square). Each block is a few batched matmuls and one softmax each way. On
     CPU this is 1.5-3x faster than the flash-attention kernel for the short sequences (T <= 512) and head size
     (64) of the laptop presets, where flash's tiny tiles starve the matmul units. Per block (P = softmax(S)):
-        O = P V ;  dV += P^T dO ;  dP = dO V^T ;  dS = P * (dP - rowsum(dP * P)) ;  dQ = scale dS K ;  dK += scale dS^T Q"""
+        O = P V ;  dV += P^T dO ;  dP = dO V^T ;  dS = P * (dP - rowsum(dP * P)) ;
+        dQ = scale dS K ;  dK += scale dS^T Q"""
 
     BLOCK = 128  # query rows per block
 
@@ -240,8 +247,9 @@ class SampleCache:
 
     Each prompt's keys/values are stored ONCE (`pk`, `pv`), however many samples continue it; each row stores
     only its own generated tokens (`k`, `v`). A decode step attends to both parts and merges the two softmaxes
-    (see `_decode_attention`), so n samples of a prompt read its cache once per step instead of n times: on a
-    CPU, where single-token decoding is bound by reading the cache, that is most of the cost. Row b continues
+    (see `_decode_attention`), so n samples of a prompt read its cache once per step instead of n times (on a
+    CPU single-token decoding is bound by reading the cache), and dropping finished rows copies only their
+    generated part. Row b continues
     prompt group[b] as its slot[b]-th sample; it holds glen[b] generated tokens (slots past that are stale)."""
 
     pk: torch.Tensor  # (L, U, H, P, hd) prompt keys, right-padded
@@ -270,11 +278,13 @@ class SampleCache:
                    torch.zeros(shape, dtype=dtype, device=pk.device), torch.zeros_like(group), group, slot,
                    max(counts))
 
-    def select(self, rows: torch.Tensor) -> "SampleCache":
-        """Keep only `rows` (e.g. the unfinished ones): copies their generated-token cache, not the prompts'."""
+    def select(self, rows: torch.Tensor, capacity: int | None = None) -> "SampleCache":
+        """Keep only `rows` (e.g. the unfinished ones), optionally with room for `capacity` generated tokens
+        (default: unchanged). Copies the rows' generated-token cache; the prompts' is shared, not copied."""
         upto = int(self.glen.max())
-        k, v = self.k.new_zeros((self.k.shape[0], len(rows)) + self.k.shape[2:]), self.v.new_zeros(
-            (self.v.shape[0], len(rows)) + self.v.shape[2:])
+        capacity = self.capacity if capacity is None else capacity
+        shape = (self.k.shape[0], len(rows), self.k.shape[2], capacity, self.k.shape[4])  # (L, B', H, G, hd)
+        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)  # zeros: see `start`
         k[:, :, :, :upto] = self.k[:, rows, :, :upto]
         v[:, :, :, :upto] = self.v[:, rows, :, :upto]
         return dataclasses.replace(self, k=k, v=v, glen=self.glen[rows], group=self.group[rows], slot=self.slot[rows])
@@ -570,13 +580,16 @@ class _LinearLogprobs(torch.autograd.Function):
 
 
 def head_logprobs(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
-                  max_logits: int = 1 << 24) -> torch.Tensor:
-    """log p(targets) (B, T) fp32 from final hidden states h (B, T, C) and the output head. At most
-    `max_logits` logits exist at once (the rows are chunked), so long sequences and big vocabularies fit."""
+                  max_logits: int | None = None) -> torch.Tensor:
+    """log p(targets) (B, T) fp32 from final hidden states h (B, T, C) and the output head, over chunks of rows
+    holding at most `max_logits` logits (default: 2^20 on CPU, where a chunk's fp32 temporaries then stay in
+    cache, 2^26 elsewhere, a memory cap), so long sequences and big vocabularies fit."""
     B, T, C = h.shape
     V = lm_head.weight.shape[0]
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-    rows = max(1, max_logits // V)
+    if max_logits is None:
+        max_logits = 1 << 20 if h.device.type == "cpu" else 1 << 26
+    rows = max(64, max_logits // V)  # at least 64 rows keep the chunk's matmul efficient
     lp = _LinearLogprobs.apply(h.reshape(B * T, C), lm_head.weight, targets.reshape(B * T), dtype, rows)
     return lp.view(B, T)
 

@@ -26,7 +26,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed as dist
@@ -75,7 +74,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=torch.cuda.is_available())
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
 
 
 def autocast_ctx(device: torch.device, dtype: str):
@@ -86,8 +85,8 @@ def autocast_ctx(device: torch.device, dtype: str):
 
 def lm_loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over a packed batch. rows: (B, T+1) -> inputs rows[:, :-1], targets rows[:, 1:]."""
-    logits = model(rows[:, :-1])  # (B, T, V)
-    return F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+    # The model's fused head returns fp32 log p(target) (B, T) without materialising (B, T, V) logits.
+    return -model(rows[:, :-1], rows[:, 1:]).mean()
 
 
 # ----------------------------------------------------------------------------- training

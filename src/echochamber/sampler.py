@@ -3,14 +3,16 @@
     gens = generate(model, prompts, SampleConfig(max_new_tokens=300, temperature=0.7, n=8), eos_id=eos, seed=0)
     gens[i * 8 + j]          # sample j of prompt i: .tokens (ending in EOS when .finished), .logprobs
 
-How it stays fast on a CPU:
-  * each distinct prompt is prefilled once (right-padded batch, causal attention), then its cache rows are
-    copied n times, so the n samples of a prompt share one prefill;
-  * the cache is preallocated for prompt + max_new_tokens positions; each row writes at its own position
-    and a mask hides the slots past its length, so prompts of different lengths decode together;
+How it stays fast on a CPU (where decoding one token per row is bound by reading the KV cache):
+  * each distinct prompt is prefilled once (a right-padded batch under causal attention, so padding never
+    reaches a real token), and its keys/values are stored once for all the samples that continue it: the
+    attention over the prompt runs per prompt with its samples' queries stacked (model.SampleCache);
+  * each row's generated tokens go to a preallocated cache at the row's own position; masks hide the rest,
+    so prompts of different lengths decode together;
   * rows that stop (EOS or length limit) are dropped from the batch and the cache once a quarter of the batch
     has stopped, so finished sequences stop costing compute without copying the cache every step;
-  * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass.
+  * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass;
+  * bf16 autocast is optional (SampleConfig.dtype); the cache stays fp32 on CPU (see below).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Generation:
 
 # Drop stopped rows from the batch once this fraction of it has stopped (each drop copies the cache).
 COMPACT_FRACTION = 0.25
+# Generated tokens the cache has room for at first; it doubles when full (up to max_new_tokens).
+INITIAL_CAPACITY = 256
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -101,7 +105,7 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = cfg.dtype == "bfloat16"
     # On CPU the cache stays fp32 even under bf16 autocast: single-query attention over a bf16 cache runs
-    # about 2x slower there (no fast bf16 matrix-vector kernels), which outweighs reading half the bytes.
+    # slower there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the bytes.
     cache_dtype = torch.bfloat16 if amp and device.type != "cpu" else model.wte.weight.dtype
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
@@ -129,7 +133,9 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
         for u, p in enumerate(uniq):
             idx[u, :len(p)] = torch.tensor(p, device=device)
         logits, pk, pv = model.prefill(idx, plen)  # (U, V) at each prompt's last token; (L, U, H, P, hd) x 2
-        cache = SampleCache.start(pk, pv, plen, row_src, cfg.max_new_tokens, cache_dtype)
+        # The generated-token cache starts small and doubles when full: most samples end long before
+        # max_new_tokens, and memory for all rows at full length can be large (512 rows x 1024 tokens).
+        cache = SampleCache.start(pk, pv, plen, row_src, min(cfg.max_new_tokens, INITIAL_CAPACITY), cache_dtype)
         del pk, pv
         prompt_bias = torch.zeros((len(uniq), 1, 1, P), dtype=cache_dtype, device=device)  # hide the padding
         prompt_bias.masked_fill_((torch.arange(P, device=device) >= plen[:, None])[:, None, None], -math.inf)
@@ -158,6 +164,9 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
             # Stopped rows still in the batch keep decoding (their output is ignored); pin their write slot
             # to their last one, so they never pass the cache or the context. Running rows are below it.
             cache.glen = torch.minimum(cache.glen, limit[rows] - 1)
+            if t >= cache.capacity:  # this step writes each running row's token t at slot t
+                cache = cache.select(torch.arange(len(rows), device=device), min(2 * cache.capacity,
+                                                                                 cfg.max_new_tokens))
             logits = model.decode(tok, cache, prompt_bias)
     bar.close()
 

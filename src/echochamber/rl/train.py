@@ -63,7 +63,8 @@ class RLConfig:
     loss_agg: Literal["token", "sequence"] = "token"  # per-token mean (OpenRLHF) or per-sequence mean (GRPO paper)
     mode: Literal["paper", "structure"] = "structure"  # format labelling for rewards (see formats.py)
     reward_sees_prompt: bool = True  # the paper hands the reward function prompt + response
-    autocast: Literal["bfloat16", "float32"] = "bfloat16"
+    autocast: Literal["bfloat16", "float32"] = "bfloat16"  # update and log-prob precision
+    sample_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # rollout generation precision (bf16 ~2x faster on CPU)
     eval_every: int = 10  # RL steps between evaluations (step 0 and the last step are always evaluated)
     ckpt_every: int = 10  # RL steps between checkpoints
     keep_rollouts: bool = True  # write rollouts/step_N.jsonl
@@ -203,7 +204,7 @@ def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dic
     total_opt_steps = rcfg.steps * rcfg.epochs * math.ceil(N / rcfg.minibatch_size)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     scfg = SampleConfig(max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature, top_p=rcfg.top_p,
-                        n=rcfg.samples_per_prompt)
+                        n=rcfg.samples_per_prompt, dtype=rcfg.sample_dtype)
 
     ckpt_root, metrics_path, eval_root = out_dir / "checkpoints", out_dir / "metrics.jsonl", out_dir / "eval"
     step, opt_step, wall_before = 0, 0, 0.0
