@@ -10,18 +10,6 @@ from echochamber.rewards import MathVerifyPool, VerifyConfig
 from echochamber.sandbox import SandboxConfig, SandboxPool
 
 
-@pytest.fixture(scope="module")
-def pool():
-    with SandboxPool(SandboxConfig(workers=2)) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def verifier():
-    with MathVerifyPool(VerifyConfig(workers=1)) as v:
-        yield v
-
-
 def run(responses, golds, mode, pool, verifier, prompts=None):
     return grade_many(responses, golds, mode=mode, pool=pool, verifier=verifier, prompts=prompts)
 

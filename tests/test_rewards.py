@@ -15,18 +15,6 @@ from echochamber.sandbox import SandboxConfig, SandboxPool
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def pool():
-    with SandboxPool(SandboxConfig(workers=2)) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def verifier():
-    with MathVerifyPool(VerifyConfig(workers=2)) as v:
-        yield v
-
-
 def test_reward_is_correctness(pool, verifier):
     responses = ["So \\boxed{13}.", "So \\boxed{12}.", "no answer", "\n\ndef simple_math_problem():\n    return 13"]
     rewards, graded = compute_rewards(responses, ["13"] * 4, mode="structure", pool=pool, verifier=verifier)

@@ -28,12 +28,6 @@ def computation(p) -> tuple:
     return tuple(v for _, v in p.givens), tuple((s.op, pos[s.left], pos[s.right]) for s in p.steps)
 
 
-@pytest.fixture(scope="module")
-def pool():
-    with SandboxPool(SandboxConfig(workers=2)) as p:
-        yield p
-
-
 # ----------------------------------------------------------------------------- synthetic: problems
 
 def test_generation_is_deterministic_and_prefix_stable():

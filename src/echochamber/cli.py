@@ -53,28 +53,21 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from .evaluate import evaluate_dataset, format_results, load_dataset, load_policy
+    from . import formats
+    from .evaluate import accuracy_by_label, generate_texts, load_dataset, load_policy, shares
+    from .sampler import SampleConfig
 
     cfg = _load(args)
-    model_dir = args.model or Path(cfg.out_dir) / "pretrain" / "model"
-    model, tok = load_policy(model_dir)
-    cfg.eval.n_samples = 0
-    cfg.eval.temperature = args.temperature
+    model, tok = load_policy(args.model or Path(cfg.out_dir) / "pretrain" / "model")
     problems = load_dataset(args.dataset, args.n, cfg, cfg.eval.data_path)
-    from .sampler import SampleConfig
-    from .evaluate import generate_texts
-    from . import formats
-
     scfg = SampleConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=args.temperature,
-                        top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1)
+                        top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1, dtype=cfg.eval.sample_dtype)
     texts = [t[0] for t in generate_texts(model, tok, [p.question for p in problems], scfg, cfg.seed,
                                           cfg.eval.batch_prompts, "sample")]
     graded = formats.grade_many(texts, [p.answer for p in problems], mode=cfg.eval.mode)
     for p, t, g in list(zip(problems, texts, graded))[: args.show]:
         print(f"--- {p.id}  label={g.label} answer={g.answer} gold={p.answer} correct={g.correct}")
         print(p.question + t)
-    from .evaluate import accuracy_by_label, shares
-
     labels, correct = [g.label for g in graded], [g.correct for g in graded]
     share, acc = shares(labels), accuracy_by_label(labels, correct)
     print(f"\n{len(problems)} problems at temperature {args.temperature}: accuracy {sum(correct) / len(correct):.3f}")

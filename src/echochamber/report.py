@@ -36,7 +36,7 @@ LABEL_COLORS = {"tinygsm": "#4C72B0", "omi1": "#DD8452", "text": "#55A868", "unk
 EXTRA_COLORS = ("#8172B3", "#937860", "#DA8BC3", "#CCB974")  # labels a future grader may add
 RUN_MARKERS = ("metrics.jsonl", "eval", "rollouts", "summary.json", "rl_run.json", "rl_config.yaml")
 # metrics.jsonl keys drawn in the training-dynamics figure, with their panel titles (absent keys are skipped).
-TRAIN_PANELS = (("reward_mean", "mean reward"), ("kl_k1", "KL to reference (k1)"), ("kl_k3", "KL to reference (k3)"),
+TRAIN_PANELS = (("reward_mean", "mean reward"), ("kl_k1", "KL (k1) to reference*"), ("kl_k3", "KL (k3) to reference*"),
                 ("response_len", "response length (tokens)"), ("entropy", "entropy (nats/token)"),
                 ("truncation_rate", "truncated responses"), ("clip_frac", "ratio clip fraction"),
                 ("zero_std_frac", "groups with zero reward std"), ("lr", "learning rate"))
@@ -304,7 +304,8 @@ def fig_training(runs: list[Run]) -> Figure | None:
     if not panels:
         return None
     ncols = min(3, len(panels))
-    title = "Training dynamics per RL step (faint: raw; solid: moving average)"
+    title = ("Training dynamics per RL step (faint: raw; solid: moving average)\n"
+             "*reference: the pretrained model; with rl.kl_coef = 0 (no reference held), the rollout policy")
     fig, axes = _grid(-(-len(panels) // ncols), ncols, title)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for ax, (key, title) in zip(axes.flat, panels):

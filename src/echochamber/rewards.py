@@ -291,29 +291,22 @@ def grade_file(in_path: str | Path, out_path: str | Path, *, question_field: str
     golds: list[str | None] = []
     prompts: list[str] = []
     required = [response_field, gold_field] + ([question_field] if with_prompt and question_field else [])
-    with open(in_path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{in_path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{in_path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            for name in required:
-                if name not in rec:
-                    raise ValueError(f"{in_path}:{lineno}: missing field {name!r} (fields: {', '.join(rec)})")
-            if not isinstance(rec[response_field], str):
-                raise ValueError(f"{in_path}:{lineno}: field {response_field!r} must be a string, "
-                                 f"got {type(rec[response_field]).__name__}")
-            try:
-                golds.append(gold_answer(rec[gold_field]))
-            except TypeError as e:
-                raise ValueError(f"{in_path}:{lineno}: field {gold_field!r}: {e}") from None
-            records.append(rec)
-            responses.append(rec[response_field])
-            prompts.append(str(rec[question_field]) if with_prompt and question_field else "")
+    from .tasks.local import iter_jsonl  # one JSONL reader for the project; errors name file:line
+
+    for where, rec in iter_jsonl(in_path):
+        for name in required:
+            if name not in rec:
+                raise ValueError(f"{where}: missing field {name!r} (fields: {', '.join(rec)})")
+        if not isinstance(rec[response_field], str):
+            raise ValueError(f"{where}: field {response_field!r} must be a string, "
+                             f"got {type(rec[response_field]).__name__}")
+        try:
+            golds.append(gold_answer(rec[gold_field]))
+        except TypeError as e:
+            raise ValueError(f"{where}: field {gold_field!r}: {e}") from None
+        records.append(rec)
+        responses.append(rec[response_field])
+        prompts.append(str(rec[question_field]) if with_prompt and question_field else "")
 
     graded: list[Graded] = []
     with tqdm(total=len(records), desc=f"grade {in_path.name}", unit="rec", disable=not progress,

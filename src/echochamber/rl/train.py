@@ -57,7 +57,8 @@ class RLConfig:
     weight_decay: float = 0.0  # (paper: 0)
     grad_clip: float = 1.0  # (paper: 1.0)
     clip_eps: float = 0.2  # ratio clip (paper: 0.2)
-    kl_coef: float = 0.0  # k3 KL to the pretrained model, as a loss term (paper sweeps 0, 1e-3, 1e-2); 0 = no reference model
+    kl_coef: float = 0.0  # k3 KL to the pretrained model, as a loss term (paper sweeps 0, 1e-3, 1e-2); 0 = no reference
+    # model is held, and the logged kl_k1 / kl_k3 measure the drift from the rollout policy instead
     adv_eps: float = 1e-9  # A = (r - mean) / (std + adv_eps) (paper: 1e-9)
     reward_clip: float = 10.0  # rewards clipped to [-c, c] (paper: 10)
     loss_agg: Literal["token", "sequence"] = "token"  # per-token mean (OpenRLHF) or per-sequence mean (GRPO paper)
