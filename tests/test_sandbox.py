@@ -585,6 +585,15 @@ def test_missing_protection_is_reported(monkeypatch, caplog):
 
 
 def test_interrupted_batch_leaves_the_pool_usable():
+    # A shell that starts the test run in the background makes it ignore SIGINT: install Python's Ctrl-C handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupted_batch()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_batch():
     with SandboxPool(SandboxConfig(workers=1, timeout_s=5, use_bwrap=False)) as p:
         # A real SIGINT to the main thread (Ctrl-C), which interrupts the pool's select().
         timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
