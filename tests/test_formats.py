@@ -6,8 +6,6 @@ import pytest
 
 from echochamber import formats
 from echochamber.formats import answers_equal, final_boxed, grade, grade_many, verify_latex
-from echochamber.rewards import MathVerifyPool, VerifyConfig
-from echochamber.sandbox import SandboxConfig, SandboxPool
 
 
 def run(responses, golds, mode, pool, verifier, prompts=None):

@@ -7,7 +7,8 @@ import torch
 
 from echochamber.config import load_run_config
 from echochamber.data import build_dataset, unigram_entropy
-from echochamber.pretrain import pretrain, read_metrics
+from echochamber.pretrain import pretrain
+from echochamber.runio import read_metrics
 
 
 def tiny_cfg(tmp_path, *overrides):

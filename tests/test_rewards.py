@@ -10,7 +10,6 @@ import pytest
 from echochamber import formats
 from echochamber.rewards import (MathVerifyPool, VerifyConfig, compute_rewards, format_summary_table,
                                  grade_file, reward)
-from echochamber.sandbox import SandboxConfig, SandboxPool
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -244,7 +244,7 @@ def test_no_subprocess_or_exec(pool, tmp_path):
     canary = tmp_path / "made_by_subprocess"
     jobs = [
         CodeJob(f"import subprocess\nsubprocess.run(['touch', {str(canary)!r}])", "1"),
-        CodeJob(f"import os", f"os.system('touch {canary}')"),
+        CodeJob("import os", f"os.system('touch {canary}')"),
         CodeJob(f"import os\nos.execv('/usr/bin/touch', ['touch', {str(canary)!r}])", "1"),
         CodeJob(f"import os\nos.posix_spawn('/usr/bin/touch', ['touch', {str(canary)!r}], {{}})", "1"),
         CodeJob("import pty\npty.fork()", "1"),

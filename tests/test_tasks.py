@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from echochamber import formats
-from echochamber.sandbox import SandboxConfig, SandboxPool
 from echochamber.tasks import Problem, load_problems, local
 from echochamber.tasks.synthetic import (FORMAT_NAMES, SyntheticConfig, evaluate, generate, render_solution)
 

@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         from .model import tune_cpu_allocator
 
         tune_cpu_allocator()  # large activations reuse pages instead of faulting them in every step
-    args.fn(args)
+    try:
+        args.fn(args)
+    except FileNotFoundError as e:  # a missing input (model folder, data, config) is the user's to fix: no traceback
+        sys.exit(f"echochamber {args.command}: {e}")
 
 
 if __name__ == "__main__":

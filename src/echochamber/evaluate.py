@@ -10,13 +10,11 @@ generation is saved with its label, answer and verdict.
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
 
 from . import formats
 from .formats import LABELS
@@ -183,5 +181,6 @@ def format_results(summary: dict) -> str:
 def load_policy(model_dir: str | Path, device: str = "cpu") -> tuple[OLMo, Tokenizer]:
     model_dir = Path(model_dir)
     if not (model_dir / "tokenizer.json").exists():
-        sys.exit(f"{model_dir}: no tokenizer.json here; expected a model folder written by pretrain or rl")
+        raise FileNotFoundError(f"{model_dir}: no tokenizer.json here; expected a model folder written by "
+                                f"pretrain or rl")
     return OLMo.load(model_dir, device=device), Tokenizer.load(model_dir / "tokenizer.json")

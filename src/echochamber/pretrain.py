@@ -32,7 +32,7 @@ from . import distributed as dist
 from .data import PackedDataset
 from .model import OLMo, ModelConfig
 from .checkpoint import export_model, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .runio import append_jsonl, read_jsonl, truncate_jsonl, write_run_metadata
+from .runio import append_jsonl, truncate_jsonl, write_run_metadata
 
 
 @dataclass
@@ -211,6 +211,3 @@ def pretrain(cfg, out_dir: str | Path, *, progress: bool = True) -> Path:
     dist.shutdown(ctx)
     return final_dir
 
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / "metrics.jsonl", tolerate_torn_tail=True)

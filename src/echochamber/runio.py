@@ -92,6 +92,11 @@ def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[di
     return out
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """A stage's per-step log, RUN/metrics.jsonl (pretraining and RL write the same way)."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl", tolerate_torn_tail=True)
+
+
 def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
     """Rewrite a log keeping only the records `keep` accepts (a resumed run drops what came after its checkpoint)."""
     path = Path(path)

@@ -12,7 +12,7 @@ steps, and at the end; summary.json holds pass@1 and format shares before and af
 
 from __future__ import annotations
 
-import contextlib
+import json
 import math
 import sys
 import time
@@ -28,7 +28,7 @@ from ..checkpoint import export_model, latest_checkpoint, load_checkpoint, rng_s
 from ..evaluate import evaluate, format_results, load_dataset, load_policy
 from ..formats import LABELS
 from ..pretrain import autocast_ctx, make_optimizer
-from ..runio import append_jsonl, atomic_write_json, read_jsonl, truncate_jsonl, write_jsonl, write_run_metadata
+from ..runio import append_jsonl, atomic_write_json, truncate_jsonl, write_jsonl, write_run_metadata
 from ..sampler import SampleConfig
 from . import rollout as ro
 from .grpo import group_advantages, grpo_loss
@@ -97,7 +97,7 @@ class PromptStream:
         return out
 
 
-def rollout_stats(roll: ro.Rollout, max_new_tokens: int) -> dict:
+def rollout_stats(roll: ro.Rollout) -> dict:
     """What the paper watches per step: reward, accuracy, and the share and accuracy of each format."""
     labels = [g.label for g in roll.graded]
     correct = [g.correct for g in roll.graded]
@@ -241,7 +241,6 @@ def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dic
         step += 1
         batch = [problems[i] for i in stream.take(rcfg.prompts_per_step)]
         model.eval()
-        t0 = time.perf_counter()
         roll = ro.collect(model, tok, batch, scfg, seed=cfg.seed * 100_003 + step, mode=rcfg.mode,
                           reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool)
         t_gen, t_reward = roll.seconds_generate, roll.seconds_grade
@@ -255,7 +254,7 @@ def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dic
                                total_opt_steps, shuffle_gen)
         t_update = time.perf_counter() - t1
 
-        record = {"step": step, **rollout_stats(roll, rcfg.max_new_tokens), **upd,
+        record = {"step": step, **rollout_stats(roll), **upd,
                   "time/generation": t_gen, "time/reward": t_reward, "time/update": t_update}
         append_jsonl(metrics_path, record)
         for k, v in record.items():
@@ -283,13 +282,8 @@ def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dic
 
     export_model(model, init_dir / "tokenizer.json", out_dir / "final")
     evals = sorted(eval_root.glob("step_*.json"))
-    import json
-
     summary = summarize(json.loads(evals[0].read_text()), json.loads(evals[-1].read_text()),
                         wall_before + time.perf_counter() - t_start)
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / "metrics.jsonl", tolerate_torn_tail=True)
