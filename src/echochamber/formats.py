@@ -433,6 +433,23 @@ def answers_equal(answer: str | None, gold: str | None,
 # Grading
 
 
+def format_stats(labels: Sequence[str], correct: Sequence[bool]) -> dict[str, dict]:
+    """The paper's per-step view of a batch of verdicts: for every label in LABELS and for "all",
+    {"n", "correct", "share" (of all responses), "accuracy" (within the label; None when it has no response)}."""
+    total = len(labels)
+
+    def row(flags: list[bool]) -> dict:
+        k = sum(flags)
+        return {"n": len(flags), "correct": k, "share": len(flags) / total if total else 0.0,
+                "accuracy": k / len(flags) if flags else None}
+
+    out = {lab: row([bool(c) for la, c in zip(labels, correct) if la == lab]) for lab in LABELS}
+    out["all"] = row([bool(c) for c in correct])
+    return out
+
+
+
+
 def grade(response: str, gold: str | None, *, mode: Mode = "structure", pool: SandboxPool | None = None,
           prompt: str = "", verifier: Verifier | None = None) -> Graded:
     """Grade one response (see grade_many)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import formats
-from .formats import LABELS, Graded, Mode
+from .formats import Graded, Mode
 from .runio import write_jsonl
 from .sandbox import SandboxPool
 
@@ -281,7 +281,7 @@ def grade_file(in_path: str | Path, out_path: str | Path, *, question_field: str
     and field). A record that already has a field named like an output keeps it as `input_<name>`.
     with_prompt (paper mode only): grade question + response, as the paper's RL reward did (its evaluation,
     the default here, grades the response alone); then question_field is required too.
-    Returns summary(...) of the labels and verdicts.
+    Returns formats.format_stats(...) of the labels and verdicts.
     """
     from tqdm import tqdm
 
@@ -322,25 +322,11 @@ def grade_file(in_path: str | Path, out_path: str | Path, *, question_field: str
         return {**rec, "label": g.label, "answer": g.answer, "boxed": g.boxed, "correct": g.correct}
 
     write_jsonl(out_path, (out(r, g) for r, g in zip(records, graded)))
-    return summary([g.label for g in graded], [g.correct for g in graded])
-
-
-def summary(labels: Sequence[str], correct: Sequence[bool]) -> dict:
-    """{label: {"n", "correct", "accuracy", "share"}} for every label in formats.LABELS, plus "all"."""
-    total = len(labels)
-
-    def row(flags: list[bool]) -> dict:
-        k = sum(flags)
-        return {"n": len(flags), "correct": k, "accuracy": k / len(flags) if flags else None,
-                "share": len(flags) / total if total else 0.0}
-
-    out = {lab: row([c for la, c in zip(labels, correct) if la == lab]) for lab in LABELS}
-    out["all"] = row(list(correct))
-    return out
+    return formats.format_stats([g.label for g in graded], [g.correct for g in graded])
 
 
 def format_summary_table(summary: dict) -> str:
-    """A fixed-width table of summary(...) for the terminal."""
+    """A fixed-width table of formats.format_stats(...) for the terminal."""
     lines = [f"{'label':<8} {'n':>7} {'share':>7} {'correct':>8} {'accuracy':>9}"]
     for lab, r in summary.items():
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
