@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from echochamber.rl.grpo import group_advantages, grpo_loss
+from echochamber.rl.grpo import group_advantages
+from echochamber.rl.pg import pg_token_loss
 from echochamber.rl.losses import aggregate, clipped_policy_loss, kl_k1, kl_k2, kl_k3
 
 
@@ -76,11 +77,11 @@ def test_grpo_loss_gradient_pushes_up_good_samples():
     logp = torch.zeros(2, 3, requires_grad=True)
     mask = torch.ones(2, 3)
     adv = torch.tensor([1.0, -1.0])
-    loss, stats = grpo_loss(logp, logp.detach(), None, adv, mask, clip_eps=0.2, kl_coef=0.0, agg="token")
-    loss.backward()
+    per_token, _, clipped = pg_token_loss(logp, logp.detach(), adv[:, None], clip_eps=0.2)
+    aggregate(per_token, mask, "token").backward()
     assert logp.grad[0].tolist() == pytest.approx([-1 / 6] * 3)
     assert logp.grad[1].tolist() == pytest.approx([1 / 6] * 3)
-    assert stats["clip_frac"] == 0.0
+    assert clipped.sum().item() == 0.0
 
 
 def test_grpo_kl_term_adds_k3():
@@ -88,5 +89,25 @@ def test_grpo_kl_term_adds_k3():
     ref = torch.log(torch.tensor([[0.25, 0.25]]))
     mask = torch.ones(1, 2)
     zero_adv = torch.zeros(1)
-    loss, _ = grpo_loss(logp, logp, ref, zero_adv, mask, clip_eps=0.2, kl_coef=0.01, agg="token")
-    assert loss.item() == pytest.approx(0.01 * (0.5 - 1 + math.log(2)))
+    per_token, _, _ = pg_token_loss(logp, logp, zero_adv[:, None], clip_eps=0.2, ref_logp=ref, kl_coef=0.01)
+    assert aggregate(per_token, mask, "token").item() == pytest.approx(0.01 * (0.5 - 1 + math.log(2)))
+
+
+def test_kl_without_gradient_adds_the_value_but_no_gradient():
+    # rl.kl_grad=false, the authors' packed-sample GRPO: the KL shows in the loss value, not in the gradient.
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    grads = []
+    for kl_grad in (True, False):
+        logp = torch.log(torch.tensor([[0.5, 0.5]])).requires_grad_(True)
+        per_token, _, _ = pg_token_loss(logp, logp.detach(), torch.zeros(1, 1), clip_eps=0.2, ref_logp=ref,
+                                        kl_coef=0.01, kl_grad=kl_grad)
+        per_token.sum().backward()
+        grads.append(logp.grad.abs().sum().item())
+        assert per_token.sum().item() == pytest.approx(2 * 0.01 * (0.5 - 1 + math.log(2)))
+    assert grads[0] > 0 and grads[1] == 0.0
+
+
+def test_aggregation_constant_is_dr_grpo_sum_over_budget():
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    assert aggregate(x, mask, "constant", max_len=10).item() == pytest.approx((4 / 10 + 4 / 10) / 2)

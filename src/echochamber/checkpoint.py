@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -46,9 +47,11 @@ def _fresh_tmp(final: Path) -> Path:
     return tmp
 
 
-def save_checkpoint(root: Path, model: OLMo, trainer_state: dict, keep: int = 2) -> Path:
+def save_checkpoint(root: Path, model: OLMo, trainer_state: dict, keep: int = 2,
+                    keep_step: Callable[[int], bool] | None = None) -> Path:
     """Write root/step_N/ under a temporary name, rename it into place, then point latest.json at it, then
-    delete all but the newest `keep`. trainer_state must hold "step"; the rest is the caller's."""
+    delete all but the newest `keep` (and those whose step `keep_step` accepts). trainer_state must hold
+    "step"; the rest is the caller's."""
     root = Path(root)
     final = root / f"step_{trainer_state['step']:06d}"
     tmp = _fresh_tmp(final)
@@ -59,7 +62,8 @@ def save_checkpoint(root: Path, model: OLMo, trainer_state: dict, keep: int = 2)
     tmp_pointer.write_text(json.dumps({"step": trainer_state["step"], "path": final.name}))
     os.replace(tmp_pointer, root / "latest.json")
     for old in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old)
+        if keep_step is None or not keep_step(int(old.name.split("_")[1])):
+            shutil.rmtree(old)
     return final
 
 

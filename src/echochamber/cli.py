@@ -3,7 +3,7 @@
     echochamber data       mixture -> tokenizer + packed shards           (OUT/data)
     echochamber pretrain   OLMo from scratch on the shards                (OUT/pretrain/model)
     echochamber sample     look at what a model writes, graded by format
-    echochamber rl         GRPO post-training with verifiable rewards     (OUT/rl)
+    echochamber rl         RL post-training with verifiable rewards       (OUT/rl)
     echochamber eval       pass@1 / pass@k / maj@k and format shares
     echochamber report     figures + report.html for one or more RL runs
     echochamber grade      label and grade any JSONL of responses
@@ -54,7 +54,8 @@ def cmd_pretrain(args) -> None:
 
 def cmd_sample(args) -> None:
     from . import formats
-    from .evaluate import accuracy_by_label, generate_texts, load_dataset, load_policy, shares
+    from .evaluate import generate_texts, load_dataset, load_policy
+    from .rewards import format_summary_table
     from .sampler import SampleConfig
 
     cfg = _load(args)
@@ -68,16 +69,12 @@ def cmd_sample(args) -> None:
     for p, t, g in list(zip(problems, texts, graded))[: args.show]:
         print(f"--- {p.id}  label={g.label} answer={g.answer} gold={p.answer} correct={g.correct}")
         print(p.question + t)
-    labels, correct = [g.label for g in graded], [g.correct for g in graded]
-    share, acc = shares(labels), accuracy_by_label(labels, correct)
-    print(f"\n{len(problems)} problems at temperature {args.temperature}: accuracy {sum(correct) / len(correct):.3f}")
-    for lab in share:
-        a = "-" if acc[lab] is None else f"{acc[lab]:.3f}"
-        print(f"  {lab:>8}: share {share[lab]:.3f}  accuracy {a}")
+    print(f"\n{len(problems)} problems at temperature {args.temperature}:")
+    print(format_summary_table(formats.format_stats([g.label for g in graded], [g.correct for g in graded])))
 
 
 def cmd_rl(args) -> None:
-    from .rl.train import run_rl
+    from .rl.train import format_summary, run_rl
 
     cfg = _load(args)
     summary = run_rl(cfg, Path(cfg.out_dir) / "rl")
@@ -144,20 +141,6 @@ def cmd_import_hf(args) -> None:
     print(f"echochamber model folder: {args.out}")
 
 
-def format_summary(s: dict) -> str:
-    """The five lines a quickstart ends with."""
-    def shares(d):
-        return ", ".join(f"{k} {v:.0%}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v > 0)
-
-    return "\n".join([
-        f"dataset:        {s['dataset']} (greedy)",
-        f"pass@1:         {s['pass1_before']:.1%} before RL -> {s['pass1_after']:.1%} after RL",
-        f"formats before: {shares(s['format_share_before'])}",
-        f"formats after:  {shares(s['format_share_after'])}",
-        f"wall time:      {s['wall_seconds'] / 60:.1f} min",
-    ])
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echochamber", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, help_ in [("data", cmd_data, "build the mixture's tokenizer and packed shards"),
                             ("pretrain", cmd_pretrain, "pretrain an OLMo model from scratch"),
-                            ("rl", cmd_rl, "RL post-training (GRPO) with verifiable rewards")]:
+                            ("rl", cmd_rl, "RL post-training (GRPO, PPO, Expert Iteration, ...) with verifiable rewards")]:
         p = sub.add_parser(name, help=help_)
         _add_config_args(p)
         p.set_defaults(fn=fn)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .runio import to_dict  # noqa: F401  (re-exported: configs are written with it)
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -105,17 +107,6 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     return cls(**kwargs)
 
 
-def to_dict(obj: Any) -> Any:
-    """A dataclass (tree) as plain YAML/JSON-ready data."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
 def apply_override(data: dict, cls: type, override: str) -> None:
     """Apply one `a.b.c=value` override to the raw mapping `data`; the value is parsed as YAML (`1e-3`, `[1, 2]`)."""
     if "=" not in override:
@@ -177,13 +168,14 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple
 
 
 # ----------------------------------------------------------------------------- the run config of every stage
-# Each section's dataclass lives beside the code it configures; none of those modules imports this one.
+# Each section's dataclass lives beside the code it configures; none of those modules imports this one, so
+# imports run one way: cli -> config -> stages -> runio.
 from .data import DataConfig  # noqa: E402
 from .evaluate import EvalConfig  # noqa: E402
 from .model import ModelConfig  # noqa: E402
 from .pretrain import PretrainConfig  # noqa: E402
 from .rewards import VerifyConfig  # noqa: E402
-from .rl.train import RLConfig  # noqa: E402
+from .rl.config import RLConfig  # noqa: E402
 from .sandbox import SandboxConfig  # noqa: E402
 
 
@@ -192,7 +184,7 @@ class RunConfig:
     """One config for the whole pipeline; each stage reads its section.
     Stage outputs go to OUT_DIR/data, OUT_DIR/pretrain, OUT_DIR/rl."""
 
-    seed: int = 0  # seeds data generation, initialisation, sampling and shuffling
+    seed: int = 0  # drives every stage: data split/shuffle, initialisation, RL sampling (unless a stage sets its own)
     out_dir: str = "runs/quickstart"  # the run folder
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -201,6 +193,13 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # where model-written code runs
     verify: VerifyConfig = field(default_factory=VerifyConfig)  # math-verify worker processes
+
+    def __post_init__(self):
+        # One seed drives data, pretraining and RL unless a stage's own seed is set; the resolved values are
+        # what the run records. (data.synthetic.seed is the problem world itself, the same for every seed.)
+        for section in (self.data, self.pretrain, self.rl):
+            if section.seed is None:
+                section.seed = self.seed
 
 
 def load_run_config(path: str | Path | None = "quickstart", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -82,7 +82,8 @@ class DataConfig:
     tokenizer: str | None = None  # an existing tokenizer.json to use instead of training one (then vocab_size is its)
     tokenizer_docs: int = 30_000  # at most this many documents (an equal share from each source) train the tokenizer
     val_fraction: float = 0.02  # share of each source's documents held out for validation (not repeated)
-    seed: int = 0  # document split and shuffle (and the synthetic sources' problem draws)
+    seed: int | None = None  # document split and shuffle (and the synthetic sources' problem draws); None = the
+    # run's top-level `seed` (0 outside a run config)
     shard_sequences: int = 65536  # rows per shard file
 
 
@@ -182,7 +183,7 @@ def iter_documents(src: SourceConfig, cfg: DataConfig) -> Iterator[str]:
     """The documents of one resolved source, in a fixed order, without EOS (the packer appends it as an id)."""
     if src.kind == "synthetic":
         rate = src.error_rate if src.error_rate is not None else cfg.synthetic.error_rate.get(src.format, 0.0)
-        rng = random.Random(f"{cfg.seed}/{src.name}/render")  # which solutions get a wrong step
+        rng = random.Random(f"{cfg.seed or 0}/{src.name}/render")  # which solutions get a wrong step
         for p in _synthetic_problems(src, cfg):
             yield p.question + "\n\n" + render_solution(p, src.format, error_rate=rate, rng=rng)
         return
@@ -301,7 +302,7 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, force: bool = False, 
 
         # 3. Hold out documents per source (before repeats, so no copy of a val document is trained on), repeat
         #    the train documents, shuffle the document order, pack.
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(cfg.seed or 0)
         train_parts, val_parts, stats, first = [], [], {}, 0
         for s, lens in zip(sources, doc_lens):
             ids = first + rng.permutation(len(lens))

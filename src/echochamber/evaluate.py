@@ -10,10 +10,11 @@ generation is saved with its label, answer and verdict.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+import torch
 
 
 from . import formats
@@ -50,37 +51,38 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def vote_key(answer: str | None) -> str | None:
-    """Answers that are the same number vote together ("29", "29.0", "1,000" and "1000")."""
-    if answer is None:
-        return None
-    number = formats.plain_number(answer)
-    return str(number) if number is not None else answer.strip()
+def same_answer(a: str, b: str) -> bool:
+    """The grader's equality for votes: plain numbers as numbers within float rounding (formats.numbers_equal, so
+    "29", "29.0", "1,000" = "1000" and code's 17.999999999999996 = 18), anything else as the same text."""
+    x, y = formats.plain_number(a), formats.plain_number(b)
+    if x is not None and y is not None:
+        return formats.numbers_equal(x, y)
+    return a.strip() == b.strip()
 
 
 def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
-    """maj@k: the most common parsed answer (ties go to the one seen first) decides; no answer never wins."""
-    keys = [vote_key(a) for a in answers]
-    votes = Counter(k for k in keys if k is not None)
-    if not votes:
+    """maj@k: the most common answer (votes pooled by same_answer; ties go to the one seen first) decides; no
+    answer never wins."""
+    clusters: list[list[int]] = []  # indices of answers that are one answer, in order of first appearance
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        for c in clusters:
+            if same_answer(answers[c[0]], a):
+                c.append(i)
+                break
+        else:
+            clusters.append([i])
+    if not clusters:
         return False
-    top = max(votes.values())
-    winner = next(k for k in keys if k is not None and votes[k] == top)
-    return next(c for k, c in zip(keys, correct) if k == winner)
+    winner = max(clusters, key=len)  # max keeps the first of equal lengths
+    return bool(correct[winner[0]])
 
 
-def shares(labels: list[str]) -> dict[str, float]:
-    n = max(1, len(labels))
-    counts = Counter(labels)
-    return {lab: counts.get(lab, 0) / n for lab in LABELS}
-
-
-def accuracy_by_label(labels: list[str], correct: list[bool]) -> dict[str, float | None]:
-    out = {}
-    for lab in LABELS:
-        hits = [c for l, c in zip(labels, correct) if l == lab]
-        out[lab] = sum(hits) / len(hits) if hits else None
-    return out
+def label_table(labels: list[str], correct: list[bool]) -> tuple[dict[str, float], dict[str, float | None]]:
+    """(share, accuracy) of each label, from formats.format_stats."""
+    table = formats.format_stats(labels, correct)
+    return {lab: table[lab]["share"] for lab in LABELS}, {lab: table[lab]["accuracy"] for lab in LABELS}
 
 
 def load_dataset(spec: str, n: int, cfg, data_path: str | None) -> list[Problem]:
@@ -118,8 +120,9 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
                                            f"eval {name} greedy", progress)]
     graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool)
     labels, correct = [g.label for g in graded], [g.correct for g in graded]
-    result = {"n": len(problems), "pass@1": sum(correct) / max(1, len(correct)),
-              "format_share": shares(labels), "format_acc": accuracy_by_label(labels, correct)}
+    share, acc = label_table(labels, correct)
+    result = {"n": len(problems), "pass@1": sum(correct) / max(1, len(correct)), "format_share": share,
+              "format_acc": acc}
     rows = [{"id": p.id, "question": p.question, "response": r, "label": g.label, "answer": g.answer,
              "boxed": g.boxed, "gold": p.answer, "correct": g.correct} for p, r, g in zip(problems, greedy, graded)]
     if out_dir:
@@ -138,8 +141,8 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
         result["pass@k"] = sum(pass_at_k(n, sum(g.correct for g in gs), n) for gs in per_problem) / len(problems)
         result["maj@k"] = sum(majority_correct([g.answer for g in gs], [g.correct for g in gs])
                               for gs in per_problem) / len(problems)
-        result["sample_format_share"] = shares([g.label for g in sgraded])
-        result["sample_format_acc"] = accuracy_by_label([g.label for g in sgraded], [g.correct for g in sgraded])
+        result["sample_format_share"], result["sample_format_acc"] = label_table([g.label for g in sgraded],
+                                                                                 [g.correct for g in sgraded])
         if out_dir:
             write_jsonl(out_dir / f"{name}_samples.jsonl",
                         [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer,
@@ -150,8 +153,9 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
 
 
 def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, pool=None,
-             progress: bool = True) -> dict:
-    """Evaluate on every dataset of cfg.eval; writes out_root/step_N.json and out_root/step_N/*.jsonl."""
+             progress: bool = True, extra: dict | None = None) -> dict:
+    """Evaluate on every dataset of cfg.eval; writes out_root/step_N.json (with `extra`'s keys, e.g. which
+    weights were evaluated) and out_root/step_N/*.jsonl."""
     ecfg: EvalConfig = cfg.eval
     step_dir = out_root / f"step_{step:06d}"
     was_training = model.training
@@ -163,7 +167,7 @@ def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, poo
         results[name] = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir, name=name,
                                          pool=pool, progress=progress)
     model.train(was_training)
-    summary = {"step": step, "datasets": results}
+    summary = {"step": step, **(extra or {}), "datasets": results}
     atomic_write_json(out_root / f"step_{step:06d}.json", summary)
     return summary
 
@@ -178,7 +182,7 @@ def format_results(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def load_policy(model_dir: str | Path, device: str = "cpu") -> tuple[OLMo, Tokenizer]:
+def load_policy(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[OLMo, Tokenizer]:
     model_dir = Path(model_dir)
     if not (model_dir / "tokenizer.json").exists():
         raise FileNotFoundError(f"{model_dir}: no tokenizer.json here; expected a model folder written by "

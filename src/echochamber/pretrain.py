@@ -16,8 +16,6 @@ Run folder:
 
 from __future__ import annotations
 
-import contextlib
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -31,8 +29,9 @@ from tqdm import tqdm
 from . import distributed as dist
 from .data import PackedDataset
 from .model import OLMo, ModelConfig
-from .checkpoint import export_model, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .runio import append_jsonl, truncate_jsonl, write_run_metadata
+from .checkpoint import export_model, save_checkpoint
+from .runio import append_jsonl
+from .training import autocast_ctx, cosine_lr, make_optimizer, set_lr, start_or_resume, trainer_state
 
 
 @dataclass
@@ -56,31 +55,12 @@ class PretrainConfig:
     stop_at: int | None = None  # stop (with a checkpoint) at this step, to resume later; the schedule still spans max_steps
     data_dir: str | None = None  # packed data from `echochamber data`; default OUT_DIR/data
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    seed: int | None = None  # initialisation; None = the run's top-level `seed`
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup to cfg.lr, then cosine to min_lr_ratio * lr at max_steps.
-    lr(t) = lr * [r + (1 - r) * (1 + cos(pi * (t - w) / (T - w))) / 2]  for t >= w."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    r = cfg.min_lr_ratio
-    return cfg.lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on embeddings' norms/biases: OLMo-1 has neither)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
-
-
-def autocast_ctx(device: torch.device, dtype: str):
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+    """Linear warmup to cfg.lr over warmup_steps, then cosine to min_lr_ratio * lr at max_steps."""
+    return cosine_lr(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
 
 
 def lm_loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
@@ -120,25 +100,14 @@ def pretrain(cfg, out_dir: str | Path, *, progress: bool = True) -> Path:
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(pcfg.seed)
     model_cfg: ModelConfig = cfg.model.resolve(vocab_size=train.vocab_size)
     model = OLMo(model_cfg).to(device)
     opt = make_optimizer(model, pcfg.lr, pcfg.weight_decay, pcfg.betas, pcfg.eps)
 
     # Resume: weights, optimizer, RNG, data position and step from the latest complete checkpoint.
-    step, next_row = 0, 0
-    resume_from = latest_checkpoint(ckpt_root)
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, device)
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step, next_row = state["step"], state["next_row"]
-        if ctx.is_main:
-            # Records logged after that checkpoint are redone by this run: drop them so the log has one per step.
-            truncate_jsonl(metrics_path, lambda r: r["step"] <= step)
-            print(f"resuming from {resume_from} (step {step})", file=sys.stderr)
-    elif ctx.is_main:
-        write_run_metadata(run_dir, cfg, "pretrain")
+    state = start_or_resume(run_dir, cfg, "pretrain", model, opt, device=device, is_main=ctx.is_main)
+    step, next_row = (state["step"], state["next_row"]) if state else (0, 0)
 
     ddp_model = dist.wrap(model, ctx)
     tb = None
@@ -158,8 +127,7 @@ def pretrain(cfg, out_dir: str | Path, *, progress: bool = True) -> Path:
     last_step = min(pcfg.max_steps, pcfg.stop_at or pcfg.max_steps)
     while step < last_step:
         lr = lr_at(step, pcfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         loss_sum = 0.0
         for micro in range(pcfg.grad_accum):
             # Rows for this process: the global batch is world_size consecutive blocks of batch_size rows.
@@ -197,8 +165,8 @@ def pretrain(cfg, out_dir: str | Path, *, progress: bool = True) -> Path:
 
         if step % pcfg.ckpt_every == 0 or step == last_step:
             if ctx.is_main:
-                save_checkpoint(ckpt_root, model, {"step": step, "next_row": next_row, "optimizer": opt.state_dict(),
-                                                   "rng": rng_state()}, pcfg.keep_checkpoints)
+                save_checkpoint(ckpt_root, model, {"step": step, "next_row": next_row, **trainer_state(opt)},
+                                pcfg.keep_checkpoints)
             dist.barrier(ctx)
     bar.close()
 

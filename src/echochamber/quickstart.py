@@ -18,12 +18,11 @@ from .runio import atomic_write_json
 
 
 def quickstart(out_dir: str = "runs/quickstart", config: str = "quickstart", overrides: list[str] = ()) -> dict:
-    from .cli import format_summary
     from .config import ConfigError, load_run_config
     from .data import build_dataset
     from .pretrain import pretrain
     from .report import write_report
-    from .rl.train import run_rl
+    from .rl.train import format_summary, run_rl
 
     try:
         cfg = load_run_config(config, [f"out_dir={out_dir}", *overrides])

@@ -7,6 +7,7 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -16,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+import yaml
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -104,6 +107,17 @@ def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
         write_jsonl(path, [r for r in read_jsonl(path, tolerate_torn_tail=True) if keep(r)])
 
 
+def to_dict(obj: Any) -> Any:
+    """A dataclass (tree) as plain YAML/JSON-ready data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
     """The commit of the echochamber checkout this code runs from (with '+dirty' when it has changes), or None."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
@@ -133,8 +147,6 @@ def versions() -> dict[str, str]:
 
 def write_run_metadata(run_dir: str | Path, config: Any, stage: str) -> dict:
     """Record what reproduces this stage: the resolved config, versions, git commit and command line."""
-    from .config import to_dict
-
     run_dir = Path(run_dir)
     meta = {
         "stage": stage,
@@ -145,7 +157,5 @@ def write_run_metadata(run_dir: str | Path, config: Any, stage: str) -> dict:
         "config": to_dict(config),
     }
     atomic_write_json(run_dir / f"{stage}_run.json", meta)
-    import yaml
-
     atomic_write_text(run_dir / f"{stage}_config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     return meta

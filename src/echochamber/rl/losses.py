@@ -1,5 +1,5 @@
-"""Per-token pieces every policy-gradient algorithm here shares: KL estimators, the clipped ratio objective,
-and how a (B, T) tensor of per-token losses becomes one number.
+"""Per-token pieces the RL algorithms share: KL estimators, the clipped ratio objective, the clipped value loss,
+returns and GAE, whitening, and how a (B, T) tensor of per-token losses becomes one number.
 
 Shapes: B sequences, T response positions; `mask` (B, T) is 1 on response tokens (EOS included), 0 on padding.
 All log-probabilities are log p(token | prefix) in fp32.
@@ -11,12 +11,12 @@ from typing import Literal
 
 import torch
 
-Aggregation = Literal["token", "sequence"]
+Aggregation = Literal["token", "sequence", "constant"]
 
 
 # KL(pi || ref) estimated from samples x ~ pi with log-ratio d = log pi(x) - log ref(x) (Schulman, "Approximating
 # KL divergence", 2020). All three have expectation KL(pi || ref) (k2 only to second order); k3 is unbiased and
-# never negative, which is why GRPO uses it as a loss term.
+# never negative, which is why GRPO uses it as a loss term; PPO (OpenRLHF) folds k1 into the reward.
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k1 = d = log pi - log ref."""
     return logp - ref_logp
@@ -49,14 +49,64 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     return loss, (clipped < unclipped).float()
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation) -> torch.Tensor:
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped value loss, per token (OpenRLHF's ValueLoss):
+        V_clip = V_old + clip(V - V_old, -c, c)
+        L      = 0.5 * max((V - R)^2, (V_clip - R)^2)
+    Returns (L, clipped) where clipped marks tokens where the clipped term is the larger one."""
+    v_clip = old_values + (values - old_values).clamp(-clip, clip)
+    surr_plain, surr_clip = (values - returns) ** 2, (v_clip - returns) ** 2
+    return 0.5 * torch.maximum(surr_plain, surr_clip), (surr_clip > surr_plain).float()
+
+
+def returns_to_go(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G_t = sum_{t' >= t} r_t' over each row's response tokens (gamma = 1): (B, T) -> (B, T)."""
+    r = token_rewards * mask
+    return (r.flip(-1).cumsum(-1).flip(-1)) * mask
+
+
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over right-padded rows, the value after the last
+    response token being 0 (the episode ends there, at EOS or at the length limit):
+        delta_t = r_t + gamma * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                       (the critic's target)
+    token_rewards, values, mask: (B, T). Returns (advantages, returns), 0 on padding."""
+    r, v = token_rewards * mask, values * mask
+    adv = torch.zeros_like(r)
+    next_adv = torch.zeros_like(r[:, 0])
+    next_value = torch.zeros_like(r[:, 0])
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        adv[:, t] = next_adv
+        next_value = v[:, t]
+    return adv, (adv + v) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / (std + eps) over the masked entries of the whole batch (OpenRLHF whitens advantages over the
+    rollout's tokens); padding stays 0."""
+    m = mask.bool()
+    vals = x[m]
+    if vals.numel() < 2:
+        return x * mask
+    return ((x - vals.mean()) / (vals.std() + eps)) * mask
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, max_len: int = 1) -> torch.Tensor:
     """One scalar from (B, T) per-token values over the response tokens.
     token:    sum_bt m_bt x_bt / sum_bt m_bt            (every token weighs the same; long answers weigh more)
-    sequence: mean_b [ sum_t m_bt x_bt / sum_t m_bt ]   (every sequence weighs the same; GRPO paper's form)"""
+    sequence: mean_b [ sum_t m_bt x_bt / sum_t m_bt ]   (every sequence weighs the same; GRPO paper's form)
+    constant: mean_b [ sum_t m_bt x_bt ] / max_len      (no length normalisation; Dr. GRPO)"""
     mask = mask.to(per_token.dtype)
     if how == "token":
         return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
     if how == "sequence":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
         return per_seq.mean()
-    raise ValueError(f"unknown loss aggregation {how!r}; expected 'token' or 'sequence'")
+    if how == "constant":
+        return (per_token * mask).sum(-1).mean() / max_len
+    raise ValueError(f"unknown loss aggregation {how!r}; expected 'token', 'sequence' or 'constant'")

@@ -1,19 +1,22 @@
-"""Rollouts: sample G responses for each of P prompts, grade them, and lay them out as padded token tensors.
+"""Rollouts: sample G responses for each of P prompts, grade them, and lay them out as padded token batches.
 
-A rollout is the unit of RL data: P x G (prompt, response) pairs with their rewards, the log-probabilities of
-the policy that sampled them (recomputed by a full forward pass, the same computation the update uses, so the
-ratio pi / pi_old starts at exactly 1) and, when a KL term is used, those of the frozen reference model.
+A rollout is the unit of RL data: P x G (prompt, response) pairs with their rewards. The algorithm then attaches
+per-token values to it (`Rollout.token`: old and reference log-probabilities, critic values, advantages,
+returns), one (T_i,) tensor per sample, and the update reads them back as padded `Batch`es. Every
+log-probability (policy, old policy, reference, Expert Iteration's SFT) comes from `response_logprobs` on a
+`Batch` built by `make_batch`, so the first mini-batch's ratio pi / pi_old is exactly 1.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .. import formats
-from ..model import OLMo, token_logprobs
+from ..model import OLMo
 from ..rewards import reward
 from ..sampler import SampleConfig, generate
 from ..tasks import Problem
@@ -30,11 +33,15 @@ class Rollout:
     graded: list  # (P*G,) formats.Graded
     rewards: torch.Tensor  # (P*G,)
     group_size: int
+    token: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # name -> (P*G,) tensors of (T_i,)
     seconds_generate: float = 0.0
     seconds_grade: float = 0.0
 
     def __len__(self) -> int:
         return len(self.response_tokens)
+
+    def question(self, i: int) -> Problem:
+        return self.problems[i // self.group_size]
 
 
 def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleConfig, *, seed: int, mode: str,
@@ -58,40 +65,96 @@ def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleCo
                    seconds_generate=t1 - t0, seconds_grade=t2 - t1)
 
 
-def pad_batch(rollout: Rollout, indices: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded prompt+response sequences and the mask of response positions.
+@dataclass
+class Batch:
+    """A padded micro-batch. idx (B, L): prompt + response tokens, right-padded (every row keeps positions
+    0..len-1, so the causal forward needs no attention mask). mask (B, L-1): 1 where target idx[b, t+1] is a
+    response token. fields: the rollout's per-token values laid out like mask, each (B, L-1)."""
 
-    Returns idx (B, L) and mask (B, L-1): mask[b, t] = 1 where target idx[b, t+1] is a response token, so that
-    token_logprobs(model, idx[:, :-1], idx[:, 1:]) and mask line up. Right padding keeps every row's positions
-    0..len-1, so the causal forward needs no attention mask."""
-    seqs = [rollout.prompt_tokens[i] + rollout.response_tokens[i] for i in indices]
+    indices: list[int]
+    idx: torch.Tensor
+    mask: torch.Tensor
+    fields: dict[str, torch.Tensor]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.fields[name]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.mask.sum().item())
+
+
+def make_batch(roll: Rollout, indices: list[int], pad_id: int, fields=(), device="cpu") -> Batch:
+    seqs = [roll.prompt_tokens[i] + roll.response_tokens[i] for i in indices]
     L = max(len(s) for s in seqs)
     idx = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), L - 1), dtype=torch.float32)
     for b, i in enumerate(indices):
-        p, r = len(rollout.prompt_tokens[i]), len(rollout.response_tokens[i])
+        p, r = len(roll.prompt_tokens[i]), len(roll.response_tokens[i])
         idx[b, : p + r] = torch.tensor(seqs[b])
         mask[b, p - 1: p - 1 + r] = 1.0
-    return idx, mask
+    laid_out = {}
+    for name in fields:
+        out = torch.zeros_like(mask)
+        for b, i in enumerate(indices):
+            out[b][mask[b].bool()] = roll.token[name][i]
+        laid_out[name] = out.to(device)
+    return Batch(list(indices), idx.to(device), mask.to(device), laid_out)
+
+
+def response_logprobs(model, batch: Batch, temperature: float = 1.0,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(y_t | prefix) (B, L-1) fp32 for the batch's tokens, from logits / temperature (the authors divide by
+    the rollout temperature; 1 = the plain model); with_entropy: also the entropy of each position's
+    distribution (no gradient). The ONE function for policy, old-policy, reference and SFT log-probs."""
+    logits = model(batch.idx[:, :-1]).float()  # (B, L-1, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, batch.idx[:, 1:, None]).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
 
 
 @torch.no_grad()
-def sequence_logprobs(model: OLMo, rollout: Rollout, batch_size: int, pad_id: int, autocast) -> list[torch.Tensor]:
-    """log p(response token | prefix) under `model` for every sample, as a list of (T_i,) tensors."""
-    out: list[torch.Tensor] = []
-    for start in range(0, len(rollout), batch_size):
-        indices = list(range(start, min(start + batch_size, len(rollout))))
-        idx, mask = pad_batch(rollout, indices, pad_id)
-        with autocast():
-            lp = token_logprobs(model, idx[:, :-1], idx[:, 1:])  # (B, L-1)
-        for b in range(len(indices)):
-            out.append(lp[b][mask[b].bool()].float())
-    return out
+def score(fn, roll: Rollout, micro_batches: list[list[int]], pad_id: int, device="cpu") -> list[torch.Tensor]:
+    """fn(batch) -> (B, L-1) values for every micro-batch, returned per sample as (T_i,) tensors (response
+    positions only). Run over the update's own first-epoch micro-batches, so the same padded tensors are seen."""
+    out: list[torch.Tensor | None] = [None] * len(roll)
+    for indices in micro_batches:
+        batch = make_batch(roll, indices, pad_id, device=device)
+        values = fn(batch)
+        for b, i in enumerate(indices):
+            out[i] = values[b][batch.mask[b].bool()].float().cpu()
+    return out  # type: ignore[return-value]
 
 
-def gather_padded(per_sample: list[torch.Tensor], indices: list[int], mask: torch.Tensor) -> torch.Tensor:
-    """Place per-sample response values (T_i,) into the (B, L-1) layout of `mask`."""
-    out = torch.zeros_like(mask)
-    for b, i in enumerate(indices):
-        out[b][mask[b].bool()] = per_sample[i]
-    return out
+def plan_minibatches(n: int, minibatch_size: int, micro_batch_size: int, epochs: int,
+                     gen: torch.Generator) -> list[list[list[int]]]:
+    """The update's layout: for each epoch a fresh shuffle cut into mini-batches (one optimizer step each), each
+    cut into micro-batches (one forward/backward each): plan[epoch][minibatch] = [micro index lists]."""
+    micro = micro_batch_size or minibatch_size
+    plan = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).tolist()
+        mbs = [order[s: s + minibatch_size] for s in range(0, n, minibatch_size)]
+        plan.append([[mb[s: s + micro] for s in range(0, len(mb), micro)] for mb in mbs])
+    return plan
+
+
+def pad_responses(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (T_i,) tensors -> right-padded (N, T) and its mask: the layout advantages are computed in."""
+    T = max(1, max(len(v) for v in values))
+    out = torch.zeros(len(values), T)
+    mask = torch.zeros(len(values), T)
+    for i, v in enumerate(values):
+        out[i, : len(v)] = v
+        mask[i, : len(v)] = 1.0
+    return out, mask
+
+
+def unpad(x: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+    return [x[i, :n].clone() for i, n in enumerate(lengths)]

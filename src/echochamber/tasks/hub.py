@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import Problem
+from .problem import Problem
 from .local import SPECS, RecordSpec, kept, record_to_document, record_to_problem
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import Problem
+from .problem import Problem
 
 DATA_ENV = "ECHOCHAMBER_DATA"
 

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import Problem
+from .problem import Problem
 
 Split = Literal["train", "test", "hard"]
 SPLITS = ("train", "test", "hard")

@@ -1,0 +1,176 @@
+"""The shape every RL algorithm here has, and the clipped policy-gradient update GRPO, its variants and PPO's actor
+share. The training loop (rl/train.py) knows no algorithm; each step it calls
+
+    algo.advantages(roll, plan)   old / reference log-probs, then per-token advantages, into roll.token
+    algo.update(roll, plan)       optimizer steps over the mini-batches of `plan`; returns statistics
+
+An algorithm file subclasses PolicyGradient and says only how a rollout's rewards become advantages:
+
+    sequence_advantages(r)   one number per sample from the (P*G,) rewards (GRPO: (r - mean) / std per group)
+
+With the KL to the reference in the loss (rl.kl_in=loss, GRPO's form) every response token gets its sample's
+advantage and the loss adds beta * k(pi, ref) per token. With the KL in the reward (rl.kl_in=reward, PPO's form)
+each token earns -beta * k(pi_old, ref), the last token also the sample's advantage, and a token's advantage is
+the sum of what it and later tokens earn (gamma = 1): A_t = a + sum_{t'>=t} -beta * k_t'.
+
+    L = agg_t[ -min(rho_t A_t, clip(rho_t, 1-e, 1+e) A_t) + beta * k_t ]      rho_t = pi(y_t) / pi_old(y_t)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..training import cosine_lr, make_optimizer, set_lr
+from . import rollout as ro
+from .losses import KL_ESTIMATORS, aggregate, clipped_policy_loss, kl_k1, kl_k3, returns_to_go
+
+# Each algorithm's own KL placement and estimator (rl.kl_in / rl.kl_estimator "auto").
+PAPER_KL = {"grpo": ("loss", "k3"), "drgrpo": ("loss", "k3"), "rloo": ("reward", "k1"),
+            "reinforce_pp": ("reward", "k1"), "ppo": ("reward", "k1"), "ei": ("loss", "k3")}
+
+
+def pg_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, *, clip_eps: float,
+                  ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, kl_est=kl_k3,
+                  kl_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token loss (B, T): -min(rho A, clip(rho) A) + beta * k(pi, ref) (the KL only when ref_logp is given;
+    with kl_grad=False its value is added without gradient). Returns (loss, policy-gradient part, clipped)."""
+    pg, clipped = clipped_policy_loss(logp, old_logp, advantages, clip_eps)
+    per_token = pg
+    if ref_logp is not None and kl_coef > 0:
+        per_token = per_token + kl_coef * kl_est(logp if kl_grad else logp.detach(), ref_logp)
+    return per_token, pg, clipped
+
+
+class PolicyGradient:
+    name = "pg"
+    loss_agg: str | None = None  # an algorithm that fixes the loss aggregation (Dr. GRPO); None = rl.loss_agg
+
+    def __init__(self, cfg, policy: torch.nn.Module, ref: torch.nn.Module | None, *, pad_id: int, autocast,
+                 device="cpu"):
+        self.cfg, self.policy, self.ref = cfg, policy, ref
+        self.pad_id, self.autocast, self.device = pad_id, autocast, device
+        auto_in, auto_est = PAPER_KL[cfg.algo]
+        self.kl_in = auto_in if cfg.kl_in == "auto" else cfg.kl_in
+        self.kl_est = KL_ESTIMATORS[auto_est if cfg.kl_estimator == "auto" else cfg.kl_estimator]
+        self.opt = make_optimizer(policy, cfg.lr, cfg.weight_decay, cfg.betas)
+        self.agg = self.loss_agg or cfg.loss_agg
+        self.opt_step = 0
+        n = cfg.prompts_per_step * cfg.samples_per_prompt
+        self.total_opt_steps = cfg.steps * cfg.epochs * math.ceil(n / cfg.minibatch_size)
+
+    # -- what a subclass says --------------------------------------------------------------------------------
+
+    def sequence_advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish_advantages(self, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A last transform of the (N, T) token advantages (REINFORCE++ whitens them over the batch)."""
+        return adv
+
+    # -- the shared steps ------------------------------------------------------------------------------------
+
+    def plan(self, n: int, gen: torch.Generator) -> list[list[list[int]]]:
+        """This rollout's update layout (epochs x mini-batches x micro-batches of sample indices)."""
+        return ro.plan_minibatches(n, self.cfg.minibatch_size, self.cfg.micro_batch_size, self.cfg.epochs, gen)
+
+    def logprobs(self, model, batch: ro.Batch, with_entropy: bool = False):
+        with self.autocast():
+            return ro.response_logprobs(model, batch, self.cfg.logprob_temperature, with_entropy)
+
+    def score_logprobs(self, roll: ro.Rollout, plan) -> None:
+        """Old-policy and (with a KL) reference log-probs of every response token, over the update's first-epoch
+        micro-batches."""
+        first_epoch = [micro for mb in plan[0] for micro in mb]
+        roll.token["old_logp"] = ro.score(lambda b: self.logprobs(self.policy, b)[0], roll, first_epoch,
+                                          self.pad_id, self.device)
+        if self.ref is not None:
+            roll.token["ref_logp"] = ro.score(lambda b: self.logprobs(self.ref, b)[0], roll, first_epoch,
+                                              self.pad_id, self.device)
+
+    def kl_rewards(self, roll: ro.Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, T) per-token rewards -beta * k(pi_old, ref) (0 without a KL in the reward) and their mask."""
+        old, mask = ro.pad_responses(roll.token["old_logp"])
+        if self.kl_in != "reward" or self.cfg.kl_coef == 0 or self.ref is None:
+            return torch.zeros_like(old), mask
+        ref, _ = ro.pad_responses(roll.token["ref_logp"])
+        return -self.cfg.kl_coef * self.kl_est(old, ref) * mask, mask
+
+    def advantages(self, roll: ro.Rollout, plan) -> None:
+        self.score_logprobs(roll, plan)
+        seq_adv = self.sequence_advantages(roll.rewards, roll.group_size)  # (N,)
+        token_rewards, mask = self.kl_rewards(roll)
+        lengths = mask.sum(-1).long()
+        token_rewards[torch.arange(len(roll)), (lengths - 1).clamp(min=0)] += seq_adv
+        adv = self.finish_advantages(returns_to_go(token_rewards, mask), mask)
+        roll.token["advantages"] = ro.unpad(adv, lengths.tolist())
+
+    def policy_loss(self, batch: ro.Batch) -> tuple[torch.Tensor, dict]:
+        """The clipped surrogate plus (kl_in=loss) beta * k(pi, ref) per token; loss over the batch's tokens."""
+        cfg = self.cfg
+        logp, entropy = self.logprobs(self.policy, batch, with_entropy=True)
+        kl_in_loss = self.kl_in == "loss" and self.ref is not None
+        per_token, pg, clipped = pg_token_loss(logp, batch["old_logp"], batch["advantages"], clip_eps=cfg.clip_eps,
+                                               ref_logp=batch["ref_logp"] if kl_in_loss else None,
+                                               kl_coef=cfg.kl_coef, kl_est=self.kl_est, kl_grad=cfg.kl_grad)
+        loss = aggregate(per_token, batch.mask, self.agg, cfg.max_new_tokens)
+        with torch.no_grad():
+            m = batch.mask.bool()
+            # KL of the current policy to the reference (or, with no reference, to the rollout policy).
+            base = batch["ref_logp"] if self.ref is not None else batch["old_logp"]
+            stats = {"loss": loss.item(), "pg_loss": aggregate(pg, batch.mask, self.agg, cfg.max_new_tokens).item(),
+                     "clip_frac": aggregate(clipped, batch.mask, "token").item(),
+                     "ratio_max": torch.exp(logp - batch["old_logp"])[m].max().item() if m.any() else 1.0,
+                     "kl_k1": kl_k1(logp, base)[m].mean().item(), "kl_k3": kl_k3(logp, base)[m].mean().item(),
+                     "entropy": entropy[m].mean().item()}
+        return loss, stats
+
+    def batch_fields(self) -> tuple[str, ...]:
+        return ("old_logp", "advantages") + (("ref_logp",) if self.ref is not None else ())
+
+    def update(self, roll: ro.Rollout, plan) -> dict:
+        """One optimizer step per mini-batch of `plan`; micro-batches weighted by their share of it."""
+        stats = self.run_minibatches(roll, plan, self.policy, self.opt, self.policy_loss, self.batch_fields(),
+                                     lambda k: cosine_lr(self.opt_step + k, self.total_opt_steps, self.cfg.lr,
+                                                         int(self.cfg.warmup_ratio * self.total_opt_steps),
+                                                         self.cfg.min_lr_ratio), self.agg)
+        self.opt_step += sum(len(epoch) for epoch in plan)
+        return stats
+
+    def run_minibatches(self, roll, plan, model, opt, loss_fn, fields, lr_fn, agg: str,
+                        prefix: str = "") -> dict:
+        """Generic mini-batch loop: for the k-th mini-batch, set the lr to lr_fn(k), accumulate loss_fn over its
+        micro-batches (each weighted by its share of the mini-batch's tokens, or sequences for per-sequence
+        aggregation, so micro-batching does not change the loss), clip the gradient norm, step."""
+        sums: dict[str, float] = {}
+        n_steps, lr = 0, 0.0
+        for epoch in plan:
+            for mb in epoch:
+                lr = lr_fn(n_steps)
+                set_lr(opt, lr)
+                batches = [ro.make_batch(roll, micro, self.pad_id, fields, self.device) for micro in mb]
+                n_seqs, n_tok = sum(len(b.indices) for b in batches), sum(b.n_tokens for b in batches)
+                for b in batches:
+                    loss, st = loss_fn(b)
+                    w = b.n_tokens / max(1, n_tok) if agg == "token" else len(b.indices) / n_seqs
+                    (loss * w).backward()
+                    for k, v in st.items():
+                        sums[prefix + k] = sums.get(prefix + k, 0.0) + v * w
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+                sums[prefix + "grad_norm"] = sums.get(prefix + "grad_norm", 0.0) + grad_norm.item()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                n_steps += 1
+        out = {k: v / max(1, n_steps) for k, v in sums.items()}
+        out[prefix + "lr"] = lr
+        return out
+
+    # -- checkpoint ------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"opt_step": self.opt_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_step = state["opt_step"]
+
