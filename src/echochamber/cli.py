@@ -27,13 +27,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rl.kl_coef=0.01")
 
 
-def _load(args):
-    from .config import ConfigError, load_run_config
+def _add_resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a run folder whose recorded config differs (the recorded config is updated)")
 
-    try:
-        return load_run_config(args.config, args.overrides)
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
+
+def _load(args):
+    from .config import load_run_config
+
+    return load_run_config(args.config, args.overrides)
 
 
 def cmd_data(args) -> None:
@@ -48,7 +50,7 @@ def cmd_pretrain(args) -> None:
     from .pretrain import pretrain
 
     cfg = _load(args)
-    final = pretrain(cfg, Path(cfg.out_dir) / "pretrain")
+    final = pretrain(cfg, Path(cfg.out_dir) / "pretrain", allow_config_change=args.allow_config_change)
     print(f"model: {final}")
 
 
@@ -77,7 +79,7 @@ def cmd_rl(args) -> None:
     from .rl.train import format_summary, run_rl
 
     cfg = _load(args)
-    summary = run_rl(cfg, Path(cfg.out_dir) / "rl")
+    summary = run_rl(cfg, Path(cfg.out_dir) / "rl", allow_config_change=args.allow_config_change)
     print(format_summary(summary))
 
 
@@ -115,7 +117,8 @@ def cmd_grade(args) -> None:
 def cmd_quickstart(args) -> None:
     from .quickstart import quickstart
 
-    quickstart(out_dir=args.out, config=args.config, overrides=args.overrides)
+    quickstart(out_dir=args.out, config=args.config, overrides=args.overrides,
+               allow_config_change=args.allow_config_change)
 
 
 def cmd_export_hf(args) -> None:
@@ -144,6 +147,7 @@ def cmd_import_hf(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echochamber", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, fn, help_ in [("data", cmd_data, "build the mixture's tokenizer and packed shards"),
@@ -151,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("rl", cmd_rl, "RL post-training (GRPO, PPO, Expert Iteration, ...) with verifiable rewards")]:
         p = sub.add_parser(name, help=help_)
         _add_config_args(p)
+        if name != "data":
+            _add_resume_args(p)
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("sample", help="sample from a model and grade each output's format")
@@ -186,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
     p.add_argument("--config", default="quickstart", help="YAML config (default: the built-in quickstart)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    _add_resume_args(p)
     p.set_defaults(fn=cmd_quickstart)
 
     p = sub.add_parser("export-hf", help="write a model folder as a Hugging Face OlmoForCausalLM folder")
@@ -205,10 +212,18 @@ def main(argv: list[str] | None = None) -> None:
         from .model import tune_cpu_allocator
 
         tune_cpu_allocator()  # large activations reuse pages instead of faulting them in every step
+    from .config import ConfigError
+    from .training import RunFolderError
+
     try:
         args.fn(args)
-    except FileNotFoundError as e:  # a missing input (model folder, data, config) is the user's to fix: no traceback
-        sys.exit(f"echochamber {args.command}: {e}")
+    except (ConfigError, RunFolderError, FileNotFoundError, PermissionError, ValueError, OSError) as e:
+        # Bad input, a busy or mismatched run folder, a full disk: the user's to fix, in one line (--debug: all).
+        if args.debug:
+            raise
+        what = e.strerror + (f": {e.filename}" if e.filename else "") if isinstance(e, OSError) and e.strerror \
+            else str(e)
+        sys.exit(f"echochamber {args.command}: {what}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,10 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own value checks (__post_init__)
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def apply_override(data: dict, cls: type, override: str) -> None:

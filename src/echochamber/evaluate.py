@@ -18,6 +18,7 @@ import torch
 
 
 from . import formats
+from .checks import check
 from .formats import LABELS
 from .model import OLMo
 from .runio import atomic_write_json, write_jsonl
@@ -30,6 +31,8 @@ from .tokenizer import Tokenizer
 class EvalConfig:
     datasets: list[str] = field(default_factory=lambda: ["synthetic:test"])  # SOURCE:SPLIT; e.g. gsm8k:test, math500:test, aime:2024
     n_problems: int = 200  # problems per dataset (0 = all; paper: all of GSM8K test, 1319)
+    n_problems_between: int = 0  # RL's evaluations between the first and the last: only the first this many
+    # problems of each dataset (a fixed subset, cheaper); 0 = n_problems every time
     max_new_tokens: int = 320  # (paper: 2048)
     n_samples: int = 0  # samples per problem for pass@k / maj@k (paper: 64); 0 = greedy only
     temperature: float = 0.7  # sampling temperature for pass@k (paper: 0.7)
@@ -39,6 +42,13 @@ class EvalConfig:
     mode: str = "structure"  # format labelling: structure | paper (see formats.py)
     data_path: str | None = None  # folder holding gsm8k/, math500/, aime/ (default: ../shared/data if present)
     model: str | None = None  # model folder for `echochamber eval` (default OUT_DIR/pretrain/model)
+
+    def __post_init__(self):
+        check(self, at_least_1=("max_new_tokens", "batch_prompts"),
+              at_least_0=("n_problems", "n_problems_between", "n_samples", "temperature"),
+              unit_open=("top_p",))
+        if not self.datasets:
+            raise ValueError("datasets must name at least one SOURCE:SPLIT")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -153,9 +163,9 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
 
 
 def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, pool=None,
-             progress: bool = True, extra: dict | None = None) -> dict:
-    """Evaluate on every dataset of cfg.eval; writes out_root/step_N.json (with `extra`'s keys, e.g. which
-    weights were evaluated) and out_root/step_N/*.jsonl."""
+             progress: bool = True, extra: dict | None = None, n_problems: int | None = None) -> dict:
+    """Evaluate on every dataset of cfg.eval (n_problems of each, default eval.n_problems); writes
+    out_root/step_N.json (with `extra`'s keys, e.g. which weights were evaluated) and out_root/step_N/*.jsonl."""
     ecfg: EvalConfig = cfg.eval
     step_dir = out_root / f"step_{step:06d}"
     was_training = model.training
@@ -163,7 +173,7 @@ def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, poo
     results = {}
     for spec in ecfg.datasets:
         name = spec.replace(":", "_")
-        problems = load_dataset(spec, ecfg.n_problems, cfg, ecfg.data_path)
+        problems = load_dataset(spec, ecfg.n_problems if n_problems is None else n_problems, cfg, ecfg.data_path)
         results[name] = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir, name=name,
                                          pool=pool, progress=progress)
     model.train(was_training)

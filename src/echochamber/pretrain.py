@@ -27,11 +27,13 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as dist
+from .checks import check
 from .data import PackedDataset
 from .model import OLMo, ModelConfig
 from .checkpoint import export_model, save_checkpoint
 from .runio import append_jsonl
-from .training import autocast_ctx, cosine_lr, make_optimizer, set_lr, start_or_resume, trainer_state
+from .training import (autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr, start_or_resume,
+                       trainer_state)
 
 
 @dataclass
@@ -56,6 +58,12 @@ class PretrainConfig:
     data_dir: str | None = None  # packed data from `echochamber data`; default OUT_DIR/data
     threads: int = 0  # torch intra-op threads; 0 = all cores
     seed: int | None = None  # initialisation; None = the run's top-level `seed`
+
+    def __post_init__(self):
+        check(self, at_least_1=("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "ckpt_every",
+                                "keep_checkpoints", "log_every"),
+              at_least_0=("warmup_steps", "weight_decay", "threads"), positive=("lr", "eps", "grad_clip"),
+              unit=("min_lr_ratio",))
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -85,11 +93,15 @@ def validation_loss(model, val: PackedDataset, cfg: PretrainConfig, device) -> f
     return float(np.mean(losses))
 
 
-def pretrain(cfg, out_dir: str | Path, *, progress: bool = True) -> Path:
+def pretrain(cfg, out_dir: str | Path, *, progress: bool = True, allow_config_change: bool = False) -> Path:
     """Run (or resume) pretraining described by RunConfig `cfg`; returns the folder of the final model."""
-    pcfg: PretrainConfig = cfg.pretrain
-    out_dir = Path(out_dir)
     ctx = dist.init()
+    with exclusive(Path(out_dir), enabled=ctx.is_main):
+        return _pretrain(cfg, Path(out_dir), ctx, progress, allow_config_change)
+
+
+def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool) -> Path:
+    pcfg: PretrainConfig = cfg.pretrain
     device = ctx.device
     if pcfg.threads and device.type == "cpu":
         torch.set_num_threads(pcfg.threads)
@@ -106,7 +118,8 @@ def pretrain(cfg, out_dir: str | Path, *, progress: bool = True) -> Path:
     opt = make_optimizer(model, pcfg.lr, pcfg.weight_decay, pcfg.betas, pcfg.eps)
 
     # Resume: weights, optimizer, RNG, data position and step from the latest complete checkpoint.
-    state = start_or_resume(run_dir, cfg, "pretrain", model, opt, device=device, is_main=ctx.is_main)
+    state = start_or_resume(run_dir, cfg, "pretrain", model, opt, device=device, is_main=ctx.is_main,
+                            allow_config_change=allow_config_change)
     step, next_row = (state["step"], state["next_row"]) if state else (0, 0)
 
     ddp_model = dist.wrap(model, ctx)

@@ -17,17 +17,15 @@ from pathlib import Path
 from .runio import atomic_write_json
 
 
-def quickstart(out_dir: str = "runs/quickstart", config: str = "quickstart", overrides: list[str] = ()) -> dict:
-    from .config import ConfigError, load_run_config
+def quickstart(out_dir: str = "runs/quickstart", config: str = "quickstart", overrides: list[str] = (),
+               allow_config_change: bool = False) -> dict:
+    from .config import load_run_config
     from .data import build_dataset
     from .pretrain import pretrain
     from .report import write_report
     from .rl.train import format_summary, run_rl
 
-    try:
-        cfg = load_run_config(config, [f"out_dir={out_dir}", *overrides])
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
+    cfg = load_run_config(config, [f"out_dir={out_dir}", *overrides])
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
     timings = {}
@@ -40,8 +38,8 @@ def quickstart(out_dir: str = "runs/quickstart", config: str = "quickstart", ove
         return result
 
     stage("data", lambda: build_dataset(cfg.data, out / "data"))
-    stage("pretrain", lambda: pretrain(cfg, out / "pretrain"))
-    rl_summary = stage("rl", lambda: run_rl(cfg, out / "rl"))
+    stage("pretrain", lambda: pretrain(cfg, out / "pretrain", allow_config_change=allow_config_change))
+    rl_summary = stage("rl", lambda: run_rl(cfg, out / "rl", allow_config_change=allow_config_change))
     report = stage("report", lambda: write_report([out / "rl"], out / "rl"))
 
     summary = {**rl_summary, "wall_seconds": time.perf_counter() - t0, "stage_seconds": timings}

@@ -12,14 +12,26 @@ folder's start-or-resume.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, set_rng_state
-from .runio import truncate_jsonl, write_run_metadata
+from .runio import to_dict, truncate_jsonl, write_run_metadata
+
+# The config sections a stage's results depend on: a resume with any of them changed is refused (unless asked
+# for), since the run would silently mix two settings. Keys that change no result are not compared.
+STAGE_SECTIONS = {"pretrain": ("data", "model", "pretrain"), "rl": ("data", "rl", "eval")}
+NOT_COMPARED = {"pretrain.stop_at", "pretrain.threads", "rl.threads"}
+
+
+class RunFolderError(RuntimeError):
+    """A run folder cannot be used as asked: held by another process, or its recorded config differs."""
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, eps: float = 1e-8,
@@ -62,16 +74,78 @@ def trainer_state(opt: torch.optim.Optimizer) -> dict:
     return {"optimizer": opt.state_dict(), "rng": rng_state()}
 
 
+_HELD: dict[str, int] = {}  # run folders this process holds: resolved path -> open lock file descriptor
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path, enabled: bool = True):
+    """Hold RUN/.lock exclusively while a stage writes the folder: a second process asking for it fails at once
+    with a clear error. The OS releases the lock when the process dies, so a killed run never leaves it held."""
+    key = str(Path(run_dir).resolve())
+    if not enabled or key in _HELD:
+        yield
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(run_dir) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunFolderError(f"{run_dir} is in use by another process (pid {holder}); wait for it to finish or "
+                             f"use another out_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[key] = fd
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(recorded: dict, current: dict, stage: str) -> list[str]:
+    """'key: recorded -> current' for every compared key of the stage's sections that differs."""
+    keys = [k for k in STAGE_SECTIONS[stage] if k in recorded or k in current]
+    old, new = _flat({k: recorded.get(k) for k in keys}), _flat({k: current.get(k) for k in keys})
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in NOT_COMPARED and old.get(k) != new.get(k)]
+
+
 def start_or_resume(run_dir: Path, cfg, stage: str, model: torch.nn.Module, opt: torch.optim.Optimizer, *,
-                    device, is_main: bool = True) -> dict | None:
+                    device, is_main: bool = True, allow_config_change: bool = False) -> dict | None:
     """Resume from RUN/checkpoints/latest (weights, optimizer, RNG; the log is cut back to the checkpoint's
     step, since the steps after it are redone) and return the checkpoint's trainer state; or, for a fresh run,
-    record the resolved config, versions and commit and return None."""
+    record the resolved config, versions and commit and return None (records an earlier attempt logged before
+    its first checkpoint are dropped: they are redone). A resume whose config differs from the recorded one in
+    the stage's sections is refused with the list of changes, unless allow_config_change (then the recorded
+    config is updated)."""
     resume_from = latest_checkpoint(run_dir / "checkpoints")
     if resume_from is None:
         if is_main:
+            truncate_jsonl(run_dir / "metrics.jsonl", lambda r: False)
             write_run_metadata(run_dir, cfg, stage)
         return None
+    recorded_path = run_dir / f"{stage}_config.yaml"
+    if recorded_path.exists():
+        changes = config_changes(yaml.safe_load(recorded_path.read_text()) or {}, to_dict(cfg), stage)
+        if changes and not allow_config_change:
+            raise RunFolderError(f"{run_dir} holds a {stage} run with another config; resuming would mix them. "
+                                 f"Changed: {'; '.join(changes)}. Use another out_dir, or pass "
+                                 f"--allow-config-change to resume with the new values")
+        if changes and is_main:
+            print(f"resuming {stage} with changed config: {'; '.join(changes)}", file=sys.stderr)
+            write_run_metadata(run_dir, cfg, stage)
     state = load_checkpoint(resume_from, model, device)
     opt.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..checks import check
 from .ei import EIConfig
 from .ppo import PPOConfig
 
@@ -58,3 +59,15 @@ class RLConfig:
     threads: int = 0  # torch intra-op threads; 0 = all cores
     ppo: PPOConfig = field(default_factory=PPOConfig)  # rl.algo=ppo: the critic and GAE
     ei: EIConfig = field(default_factory=EIConfig)  # rl.algo=ei: rounds, sampling and SFT
+
+    def __post_init__(self):
+        check(self, at_least_1=("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "minibatch_size",
+                                "epochs", "eval_every", "ckpt_every"),
+              at_least_0=("micro_batch_size", "train_problems", "kl_coef", "temperature", "weight_decay", "threads"),
+              positive=("lr", "clip_eps", "logprob_temperature", "grad_clip"), unit=("min_lr_ratio",),
+              unit_open=("top_p",))
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.algo in ("grpo", "rloo", "drgrpo") and self.samples_per_prompt < 2:
+            raise ValueError(f"rl.algo={self.algo} compares the samples of a prompt: samples_per_prompt must be "
+                             f">= 2, got {self.samples_per_prompt}")

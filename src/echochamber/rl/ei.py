@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check
 from ..model import OLMo
 from ..training import cosine_lr, make_optimizer
 from . import rollout as ro
@@ -32,6 +33,10 @@ class EIConfig:
     lr: float = 1e-4  # SFT peak learning rate, cosine to lr * rl.min_lr_ratio (paper: 1e-4 -> 1e-5)
     epochs: int = 2  # SFT passes over the kept responses (paper: 2)
     batch_size: int = 256  # sequences per SFT optimizer step (paper: 256)
+
+    def __post_init__(self):
+        check(self, at_least_1=("rounds", "samples_per_prompt", "epochs", "batch_size"),
+              at_least_0=("prompts_per_round", "temperature"), positive=("lr",), unit_open=("top_p",))
 
 
 def keep_mask(roll: ro.Rollout) -> tuple[torch.Tensor, int]:

@@ -89,22 +89,23 @@ class PolicyGradient:
             roll.token["ref_logp"] = ro.score(lambda b: self.logprobs(self.ref, b)[0], roll, first_epoch,
                                               self.pad_id, self.device)
 
-    def kl_rewards(self, roll: ro.Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, T) per-token rewards -beta * k(pi_old, ref) (0 without a KL in the reward) and their mask."""
+    def token_rewards(self, roll: ro.Rollout, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(N, T) per-token rewards: -beta * k(pi_old, ref) on every token when the KL is in the reward, plus
+        `final` (N,) on each sample's last token; with their mask and the response lengths."""
         old, mask = ro.pad_responses(roll.token["old_logp"])
-        if self.kl_in != "reward" or self.cfg.kl_coef == 0 or self.ref is None:
-            return torch.zeros_like(old), mask
-        ref, _ = ro.pad_responses(roll.token["ref_logp"])
-        return -self.cfg.kl_coef * self.kl_est(old, ref) * mask, mask
+        rewards = torch.zeros_like(old)
+        if self.kl_in == "reward" and self.cfg.kl_coef > 0 and self.ref is not None:
+            ref, _ = ro.pad_responses(roll.token["ref_logp"])
+            rewards = -self.cfg.kl_coef * self.kl_est(old, ref) * mask
+        lengths = mask.sum(-1).long()
+        rewards[torch.arange(len(roll)), (lengths - 1).clamp(min=0)] += final
+        return rewards, mask, lengths.tolist()
 
     def advantages(self, roll: ro.Rollout, plan) -> None:
         self.score_logprobs(roll, plan)
-        seq_adv = self.sequence_advantages(roll.rewards, roll.group_size)  # (N,)
-        token_rewards, mask = self.kl_rewards(roll)
-        lengths = mask.sum(-1).long()
-        token_rewards[torch.arange(len(roll)), (lengths - 1).clamp(min=0)] += seq_adv
+        token_rewards, mask, lengths = self.token_rewards(roll, self.sequence_advantages(roll.rewards, roll.group_size))
         adv = self.finish_advantages(returns_to_go(token_rewards, mask), mask)
-        roll.token["advantages"] = ro.unpad(adv, lengths.tolist())
+        roll.token["advantages"] = ro.unpad(adv, lengths)
 
     def policy_loss(self, batch: ro.Batch) -> tuple[torch.Tensor, dict]:
         """The clipped surrogate plus (kl_in=loss) beta * k(pi, ref) per token; loss over the batch's tokens."""

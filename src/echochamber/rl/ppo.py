@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..checks import check
 from ..training import cosine_lr, make_optimizer
 from . import rollout as ro
 from .losses import aggregate, clipped_value_loss, gae, whiten
@@ -32,6 +33,9 @@ class PPOConfig:
     value_clip: float = 0.2  # value clipping around the rollout's values (paper: 0.2)
     whiten_advantages: bool = True  # (paper: yes)
     normalize_reward: bool = False  # divide rewards by running moments (OpenRLHF --normalize_reward; paper: off)
+
+    def __post_init__(self):
+        check(self, positive=("critic_lr", "value_clip"), unit=("gamma", "gae_lambda"))
 
 
 class Critic(nn.Module):
@@ -93,15 +97,13 @@ class PPO(PolicyGradient):
         if self.pcfg.normalize_reward:
             self.reward_moments.update(rewards)
             rewards = (rewards - self.reward_moments.mean) / (self.reward_moments.std + 1e-8)
-        token_rewards, mask = self.kl_rewards(roll)
-        lengths = mask.sum(-1).long()
-        token_rewards[torch.arange(len(roll)), (lengths - 1).clamp(min=0)] += rewards
+        token_rewards, mask, lengths = self.token_rewards(roll, rewards)
         values, _ = ro.pad_responses(roll.token["old_values"])
         adv, returns = gae(token_rewards, values, mask, self.pcfg.gamma, self.pcfg.gae_lambda)
         if self.pcfg.whiten_advantages:
             adv = whiten(adv, mask)
-        roll.token["advantages"] = ro.unpad(adv, lengths.tolist())
-        roll.token["returns"] = ro.unpad(returns, lengths.tolist())
+        roll.token["advantages"] = ro.unpad(adv, lengths)
+        roll.token["returns"] = ro.unpad(returns, lengths)
 
     def value_loss(self, batch: ro.Batch) -> tuple[torch.Tensor, dict]:
         values = self.values(batch)

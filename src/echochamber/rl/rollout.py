@@ -45,11 +45,15 @@ class Rollout:
 
 
 def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleConfig, *, seed: int, mode: str,
-            reward_sees_prompt: bool, pool=None) -> Rollout:
-    """Sample scfg.n responses per problem and grade them (code runs in the sandbox pool)."""
+            reward_sees_prompt: bool, pool=None, max_rows: int = 512) -> Rollout:
+    """Sample scfg.n responses per problem and grade them (code runs in the sandbox pool). Generation runs in
+    chunks of at most max_rows sequences (Expert Iteration samples thousands per round)."""
     t0 = time.perf_counter()
     prompts = tok.encode_batch([p.question for p in problems])
-    gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed)
+    per_call = max(1, max_rows // scfg.n)
+    gens = []
+    for c, start in enumerate(range(0, len(prompts), per_call)):
+        gens += generate(model, prompts[start:start + per_call], scfg, eos_id=tok.eos_id, seed=seed + 7919 * c)
     t1 = time.perf_counter()
     G = scfg.n
     texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])

@@ -16,6 +16,7 @@ and the weights, metrics and rollouts equal an uninterrupted run's (bit for bit 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -30,7 +31,7 @@ from ..formats import LABELS, format_stats
 from ..model import OLMo
 from ..runio import append_jsonl, atomic_write_json, write_jsonl
 from ..sampler import SampleConfig
-from ..training import autocast_ctx, start_or_resume, trainer_state
+from ..training import RunFolderError, autocast_ctx, exclusive, start_or_resume, trainer_state
 from . import rollout as ro
 from .config import RLConfig
 from .drgrpo import DrGRPO
@@ -116,10 +117,11 @@ def is_log_spaced(step: int, every: int) -> bool:
 
 
 def init_fingerprint(init_dir: Path) -> str:
-    """Which starting weights a run used (path, size and mtime of the weights): a step-0 evaluation left by an
-    earlier attempt is reused only when it was made on the same weights."""
-    st = (init_dir / "model.safetensors").stat()
-    return f"{init_dir.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    """Which starting weights a run used (folder and sha256 of the weights): a step-0 evaluation or a checkpoint
+    left by an earlier attempt is reused only when it was made from the same weights."""
+    with open(init_dir / "model.safetensors", "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return f"{init_dir.resolve()}:{digest}"
 
 
 def build_algorithm(rcfg: RLConfig, model, init_dir: Path, *, pad_id: int, autocast, device, gen) -> PolicyGradient:
@@ -134,10 +136,14 @@ def build_algorithm(rcfg: RLConfig, model, init_dir: Path, *, pad_id: int, autoc
     return ALGORITHMS[rcfg.algo](rcfg, model, ref, **kw)
 
 
-def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dict:
+def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True, allow_config_change: bool = False) -> dict:
     """Run (or resume) RL described by RunConfig `cfg` into out_dir; returns the summary."""
+    with exclusive(Path(out_dir)):
+        return _run_rl(cfg, Path(out_dir), pool, progress, allow_config_change)
+
+
+def _run_rl(cfg, out_dir: Path, pool, progress: bool, allow_config_change: bool) -> dict:
     rcfg: RLConfig = cfg.rl
-    out_dir = Path(out_dir)
     t_start = time.perf_counter()
     if rcfg.threads:
         torch.set_num_threads(rcfg.threads)
@@ -173,17 +179,23 @@ def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dic
 
     ckpt_root, metrics_path, eval_root = out_dir / "checkpoints", out_dir / "metrics.jsonl", out_dir / "eval"
     step, wall_before = 0, 0.0
-    state = start_or_resume(out_dir, cfg, "rl", model, algo.opt, device=device)
+    fingerprint = init_fingerprint(init_dir)
+    state = start_or_resume(out_dir, cfg, "rl", model, algo.opt, device=device,
+                            allow_config_change=allow_config_change)
     if state is not None:
+        if state["init"] != fingerprint and not allow_config_change:
+            raise RunFolderError(f"{out_dir}: its checkpoints continue {state['init'].split(':')[0]} as it was "
+                                 f"when they were written, and those weights have changed since; use another "
+                                 f"out_dir, or pass --allow-config-change")
         algo.load_state_dict(state["algo"])
         shuffle_gen.set_state(state["shuffle_gen"])
         step, wall_before, stream.position = state["step"], state["wall_seconds"], state["prompt_position"]
 
-    fingerprint = init_fingerprint(init_dir)
-
     def run_eval(at: int) -> dict:
+        between = 0 < at < total_steps and cfg.eval.n_problems_between
         summary = evaluate(model, tok, cfg, step=at, out_root=eval_root, pool=pool, progress=progress,
-                           extra={"init": fingerprint})
+                           extra={"init": fingerprint},
+                           n_problems=cfg.eval.n_problems_between if between else None)
         print(f"[eval step {at}]\n{format_results(summary)}", file=sys.stderr)
         return summary
 
@@ -206,11 +218,12 @@ def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dic
         model.train()
         plan = algo.plan(len(roll), shuffle_gen)
         algo.advantages(roll, plan)
+        t2 = time.perf_counter()
         upd = algo.update(roll, plan)
-        t_update = time.perf_counter() - t1
+        t3 = time.perf_counter()
 
         record = {"step": step, **rollout_stats(roll), **upd, "time/generation": roll.seconds_generate,
-                  "time/reward": roll.seconds_grade, "time/update": t_update}
+                  "time/reward": roll.seconds_grade, "time/advantages": t2 - t1, "time/update": t3 - t2}
         append_jsonl(metrics_path, record)
         for k, v in record.items():
             if k != "step" and v is not None:
@@ -225,7 +238,7 @@ def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True) -> dic
             run_eval(step)
         if step % ckpt_every == 0 or step == total_steps:
             save_checkpoint(ckpt_root, model, {
-                "step": step, **trainer_state(algo.opt), "algo": algo.state_dict(),
+                "step": step, **trainer_state(algo.opt), "algo": algo.state_dict(), "init": fingerprint,
                 "shuffle_gen": shuffle_gen.get_state(), "prompt_position": stream.position,
                 "wall_seconds": wall_before + time.perf_counter() - t_start},
                 keep=1 if rcfg.keep_checkpoints != "all" else 1 << 30,

@@ -1,0 +1,119 @@
+"""One run, one folder: an exclusive lock, a refused resume with another config, no stale "before RL"
+evaluation, and bad values as one clear line at load time."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from echochamber.checkpoint import save_checkpoint
+from echochamber.cli import main
+from echochamber.config import load_run_config
+from echochamber.model import ModelConfig, OLMo
+from echochamber.runio import write_run_metadata
+from echochamber.training import RunFolderError, exclusive, make_optimizer, start_or_resume, trainer_state
+
+HOLD = "import sys, time; from echochamber.training import exclusive\nwith exclusive(sys.argv[1]):\n" \
+       "    print('held', flush=True); time.sleep(60)"
+TRY = "import sys; from echochamber.training import exclusive\nwith exclusive(sys.argv[1]): print('got it')"
+
+
+def test_a_held_run_folder_is_refused_and_freed_when_its_holder_dies(tmp_path):
+    with exclusive(tmp_path):
+        proc = subprocess.run([sys.executable, "-c", TRY, str(tmp_path)], capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert f"is in use by another process (pid {os.getpid()})" in proc.stderr
+        with exclusive(tmp_path):  # the same process may re-enter (the sweep runs stages in one process)
+            pass
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunFolderError, match="in use by another process"):
+        with exclusive(tmp_path):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with exclusive(tmp_path):  # the OS released it with the dead process
+        pass
+
+
+def tiny():
+    return OLMo(ModelConfig(preset="custom", d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16,
+                            rope_theta=10000.0, tie_embeddings=True, init_std=0.02).resolve(vocab_size=12))
+
+
+def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path):
+    cfg = load_run_config("smoke")
+    model = tiny()
+    opt = make_optimizer(model, 1e-3, 0.0, (0.9, 0.95))
+    write_run_metadata(tmp_path, cfg, "rl")
+    save_checkpoint(tmp_path / "checkpoints", model, {"step": 3, **trainer_state(opt)})
+    same = start_or_resume(tmp_path, load_run_config("smoke", ["rl.threads=1"]), "rl", model, opt, device="cpu")
+    assert same["step"] == 3  # threads change no result: not compared
+    changed = load_run_config("smoke", ["rl.lr=0.001", "seed=5"])
+    with pytest.raises(RunFolderError) as e:
+        start_or_resume(tmp_path, changed, "rl", model, opt, device="cpu")
+    msg = str(e.value)
+    assert "rl.lr: 0.0001 -> 0.001" in msg and "rl.seed: 0 -> 5" in msg and "--allow-config-change" in msg
+    assert "pretrain" not in msg  # pretraining's keys are not RL's business
+    state = start_or_resume(tmp_path, changed, "rl", model, opt, device="cpu", allow_config_change=True)
+    assert state["step"] == 3
+    assert "lr: 0.001" in (tmp_path / "rl_config.yaml").read_text()  # the recorded config is updated
+
+
+@pytest.mark.slow
+def test_a_stale_step0_evaluation_from_other_weights_is_not_reused(tmp_path, smoke_pretrained):
+    # A failed earlier attempt left eval/step_000000.json made on other weights (and an impossible pass@1).
+    rl = tmp_path / "rl"
+    (rl / "eval").mkdir(parents=True)
+    stale = {"step": 0, "init": "elsewhere:0", "datasets": {"synthetic_test": {
+        "n": 1, "pass@1": 0.987, "format_share": {"tinygsm": 1.0, "omi1": 0.0, "text": 0.0, "unknown": 0.0}}}}
+    (rl / "eval" / "step_000000.json").write_text(json.dumps(stale))
+    proc = subprocess.run([sys.executable, "-m", "echochamber", "rl", "--config", "smoke", f"out_dir={tmp_path}",
+                           f"rl.init={smoke_pretrained / 'pretrain' / 'model'}", "rl.steps=1", "eval.n_samples=0",
+                           "eval.n_problems=8"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((rl / "summary.json").read_text())
+    assert summary["pass1_before"] != 0.987
+    assert json.loads((rl / "eval" / "step_000000.json").read_text())["init"] != "elsewhere:0"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("rl.samples_per_prompt=0", "rl: samples_per_prompt must be >= 1, got 0"),
+    ("pretrain.batch_size=-1", "pretrain: batch_size must be >= 1, got -1"),
+    ("pretrain.ckpt_every=0", "pretrain: ckpt_every must be >= 1, got 0"),
+    ("rl.samples_per_prompt=1", "rl.algo=grpo compares the samples of a prompt"),
+    ("rl.kl_coef=-1", "rl: kl_coef must be >= 0"),
+    ("rl.typo=1", "unknown key 'rl.typo'"),
+])
+def test_bad_values_are_one_line_at_load_time(override, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["rl", "--config", "smoke", override])
+    text = str(e.value.code)
+    assert message in text and "\n" not in text and "Traceback" not in text
+
+
+def test_a_missing_model_folder_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["rl", "--config", "smoke", f"out_dir={tmp_path}"])
+    assert "tokenizer.json" in str(e.value.code) and "\n" not in str(e.value.code)
+
+
+@pytest.mark.parametrize("error,expected", [
+    (OSError(28, "No space left on device", "/runs/x/metrics.jsonl"), "No space left on device: /runs/x/metrics.jsonl"),
+    (PermissionError(13, "Permission denied", "/runs/x"), "Permission denied: /runs/x"),
+])
+def test_disk_full_and_permission_denied_are_one_line(monkeypatch, error, expected):
+    import echochamber.cli as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_rl", fail)
+    with pytest.raises(SystemExit) as e:
+        main(["rl", "--config", "smoke"])
+    assert str(e.value.code) == f"echochamber rl: {expected}"
