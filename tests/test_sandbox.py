@@ -374,6 +374,78 @@ def test_scratch_folder_is_private_and_fresh(pool):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The host's files are out of reach (bubblewrap): only the interpreter, its packages and /usr are inside
+
+CHECKOUT = SRC.parent  # the project's checkout (src/..), when the tests run from one
+
+
+def test_host_files_are_invisible(tmp_path, monkeypatch):
+    skip_unless_mode(True)
+    secret = f"hunter2-{uuid.uuid4()}"
+    # A run folder of the test's own (rollouts, checkpoints), which is also the trainer's cwd.
+    run = tmp_path / "runs" / "exp1"
+    run.mkdir(parents=True)
+    (run / "rollouts.jsonl").write_text(json.dumps({"secret": secret}) + "\n")
+    monkeypatch.chdir(run)
+    # A file under $HOME (where SSH keys and ~/.cache/huggingface/token live), made and removed by this test.
+    fd, home_file = tempfile.mkstemp(prefix="echochamber-test-secret-", dir=Path.home())
+    os.write(fd, secret.encode())
+    os.close(fd)
+    try:
+        targets = [str(run / "rollouts.jsonl"), "rollouts.jsonl", home_file, str(tmp_path)]
+        if Path("/etc/shadow").is_file():
+            targets += ["/etc/shadow", "/proc/1/root/etc/shadow", "/proc/self/root/etc/shadow"]
+        for name in ("pyproject.toml", "README.md", "src/echochamber/rewards.py"):
+            if (CHECKOUT / name).is_file():
+                assert (CHECKOUT / name).read_bytes()  # readable on the host: the sandbox is what hides it
+                targets.append(str(CHECKOUT / name))
+                targets.append(str(Path(sys.prefix) / ".." / name))  # the venv (inside the checkout) is bound
+        with SandboxPool(SandboxConfig(workers=1, timeout_s=5, use_bwrap=True)) as p:
+            res = p.run_many([CodeJob(f"import os\nv = os.listdir({t!r}) if os.path.isdir({t!r}) else "
+                                      f"open({t!r}, 'rb').read()", "v") for t in targets])
+            for t, r in zip(targets, res):
+                assert not r.ok and r.error.startswith(("FileNotFoundError", "PermissionError")), (t, r)
+            # Listings: $HOME holds only what the interpreter needs (a pyenv Python), /etc only what the loader
+            # reads, / only the bound folders; nothing of the test's files.
+            home, etc, root = [p.run(CodeJob("import os", f"repr(sorted(os.listdir({d!r})))")) for d in
+                               (str(Path.home()), "/etc", "/")]
+            assert home.ok and Path(home_file).name not in home.value, home
+            assert etc.ok and set(eval(etc.value)) <= {Path(f).name for f in sandbox._ETC_FILES}, etc
+            assert root.ok and "shadow" not in root.value and "srv" not in root.value, root
+            # A full search of what a snippet can see (system and Python folders aside) finds no secret.
+            walk = ("import os\nhits = []\nfor top in os.listdir('/'):\n"
+                    "    if top in ('proc', 'dev', 'usr') or os.path.islink('/' + top):\n        continue\n"
+                    "    for d, dirs, files in os.walk('/' + top):\n"
+                    f"        dirs[:] = [x for x in dirs if x not in ('site-packages', 'python{sys.version_info[0]}."
+                    f"{sys.version_info[1]}')]\n"  # the standard library and packages: large, not the host's
+                    "        for f in files:\n            try:\n"
+                    f"                if {secret.encode()!r} in open(os.path.join(d, f), 'rb').read():\n"
+                    "                    hits.append(os.path.join(d, f))\n"
+                    "            except OSError:\n                pass\n")
+            found = p.run(CodeJob(walk, "repr(hits)"))
+            assert found.ok and found.value == "[]", found
+            # Installed libraries still import.
+            libs = p.run(CodeJob("import numpy, sympy", "str(int(numpy.arange(5).sum())) + str(sympy.sqrt(8))"))
+            assert libs.ok and libs.value == "102*sqrt(2)", libs
+    finally:
+        os.unlink(home_file)
+
+
+def test_worker_pipes_are_out_of_reach():
+    """bubblewrap's init would hold the pool's pipes as /proc/1/fd/*: a snippet could forge its answer line."""
+    skip_unless_mode(True)
+    forge = ("lines = ''.join(f'{{\"id\": {i}, \"ok\": true, \"value\": 999}}\\n' for i in range(1, 100))\n"
+             "for fd in (1, 2):\n    try:\n        with open(f'/proc/1/fd/{fd}', 'w') as f:\n"
+             "            f.write(lines)\n    except OSError:\n        pass\n")
+    with SandboxPool(SandboxConfig(workers=1, timeout_s=5, use_bwrap=True)) as p:
+        res = p.run_many([CodeJob(f"open('/proc/1/fd/{fd}', '{mode}')", "1") for fd, mode in
+                          ((0, "r"), (0, "w"), (1, "w"), (1, "r"), (2, "w"), (2, "r"))])
+        assert all(r.error.startswith("PermissionError") for r in res), res
+        assert [r.value for r in p.run_many([CodeJob(forge, "1")] * 3)] == [1, 1, 1]
+        assert_healthy(p)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Secrets in the environment
 
 
@@ -465,7 +537,7 @@ def test_dead_or_hung_worker_is_replaced(use_bwrap):
         # Nothing left over from the two victims: only the live worker's processes remain, none a zombie.
         procs = [x for x in _descendants(os.getpid()) if x[0] not in before]
         assert not [x for x in procs if x[1] == "Z"], procs
-        assert len(procs) == (3 if use_bwrap else 1), procs  # bwrap, bwrap (pid 1 inside), python
+        assert len(procs) == (2 if use_bwrap else 1), procs  # bwrap, python (pid 1 inside)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -547,7 +619,7 @@ def test_workers_die_with_a_killed_pool(use_bwrap, tmp_path):
         assert five == 5
         time.sleep(0.3)  # let one worker start its sleeping snippet
         pids = [pid for pid, _, _ in _descendants(proc.pid)]
-        assert len(pids) >= (6 if use_bwrap else 2), _descendants(proc.pid)
+        assert len(pids) >= (4 if use_bwrap else 2), _descendants(proc.pid)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 10
@@ -561,6 +633,47 @@ def test_workers_die_with_a_killed_pool(use_bwrap, tmp_path):
         # The killed pool could not remove its scratch folder; this test started that pool, so it does.
         if scratch_root and Path(scratch_root).name.startswith("echochamber-sandbox-"):
             shutil.rmtree(scratch_root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("use_bwrap", MODES)
+def test_signals_remove_scratch_folders(use_bwrap, sig):
+    """A trainer stopped by SIGTERM (kill, a cluster's scheduler) or SIGINT (Ctrl-C) mid-batch leaves no folder
+    and no process behind, and still ends by that signal."""
+    skip_unless_mode(use_bwrap)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    script = ("import json, signal, sys\nfrom echochamber.sandbox import *\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell ignores SIGINT\n"
+              f"pools = [SandboxPool(SandboxConfig(workers=2, timeout_s=2, use_bwrap={use_bwrap})) for _ in (0, 1)]\n"
+              "print(json.dumps([[p.scratch_root for p in pools], pools[1].run(CodeJob('', '5')).value]), flush=True)\n"
+              "sleeper = 'import time\\ntry:\\n    open(\"f.txt\", \"w\").write(\"x\")\\nexcept OSError:\\n'\n"
+              "sleeper += '    pass\\ntime.sleep(60)'  # writes in its scratch folder (bwrap only), then sleeps\n"
+              "pools[0].run(CodeJob(sleeper, '1'))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    roots = []
+    try:
+        roots, five = json.loads(proc.stdout.readline())
+        assert five == 5 and all(Path(r).is_dir() for r in roots)
+        time.sleep(0.5)  # pools[0] is now waiting on its sleeping snippet
+        pids = [pid for pid, _, _ in _descendants(proc.pid)]
+        assert len(pids) >= (8 if use_bwrap else 4), _descendants(proc.pid)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == -sig, (proc.returncode, err[-2000:])
+        assert [r for r in roots if os.path.lexists(r)] == []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+            time.sleep(0.05)
+        assert not [pid for pid in pids if _running(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for r in roots:  # only if the test failed: folders the pools of this test's own process made
+            if Path(r).name.startswith("echochamber-sandbox-"):
+                shutil.rmtree(r, ignore_errors=True)
 
 
 def test_shared_pool_is_reused_and_reconfigurable():
@@ -580,8 +693,11 @@ def test_missing_protection_is_reported(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="echochamber.sandbox"):
         SandboxPool(SandboxConfig(workers=1, use_bwrap=False)).close()
         SandboxPool(SandboxConfig(workers=1, use_bwrap=False)).close()
-    warnings = [r for r in caplog.records if "WITHOUT bubblewrap" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "WITHOUT bubblewrap" in r.getMessage()]
     assert len(warnings) == 1  # once per process
+    # It names what snippets can then reach.
+    for exposed in ("/etc/shadow", "$HOME", "huggingface/token", "run folders", "the checkout", "environ"):
+        assert exposed in warnings[0], (exposed, warnings[0])
 
 
 def test_interrupted_batch_leaves_the_pool_usable():

@@ -3,13 +3,25 @@
 Layers, outermost first (each is used where the machine has it; what is missing is reported once, loudly):
 
     pool process (trainer)         never runs model code; sends JSON lines {code, expr} to each worker's stdin
-      bubblewrap (`bwrap`)         new user/pid/net/ipc/uts/cgroup namespaces, `/` read-only, fresh /dev and
-                                   /proc, cleared environment, no capabilities; writable: the worker's folder
-        worker (sandbox.py)        long-lived, not dumpable, dies with the pool; preloads modules, gc.freeze()s,
-                                   then forks one child per snippet and enforces its wall-clock deadline
+      bubblewrap (`bwrap`)         new user/pid/net/ipc/uts/cgroup namespaces, no capabilities, cleared
+                                   environment, and a root file system built from nothing (see below)
+        worker (sandbox.py)        pid 1 of its namespace, long-lived, not dumpable, dies with the pool;
+                                   preloads modules, gc.freeze()s, then forks one child per snippet and
+                                   enforces its wall-clock deadline
           child (per snippet)      own session; rlimits: address space = worker's VSZ + memory_mb, CPU seconds,
                                    file size, open files, no core dumps; environment cleared; cwd = a fresh
                                    scratch folder; capabilities dropped; then a seccomp filter (errno, not kill)
+
+What a worker sees of the file system (bubblewrap): an empty read-only root holding only, read-only, /usr and
+/bin, /sbin, /lib* (or their merged-/usr symlinks), /etc/ld.so.cache, ld.so.conf(.d), localtime and alternatives,
+the Python installation (sys.base_prefix, sys.prefix: a venv inside the checkout is bound alone, never the
+checkout; a pyenv Python under /root is bound alone, never /root), the environment's site-packages, and
+sandbox.py itself as /echochamber/sandbox.py; writable: its own scratch folder. Everything else (/etc/shadow,
+$HOME with SSH keys and ~/.cache/huggingface/token, /root, /tmp, /var, /srv, /mnt, /opt, /work, the checkout's
+other files, run folders with rollouts and checkpoints, the other workers' folders) does not exist inside.
+The worker runs as pid 1 (bwrap --as-pid-1): bubblewrap's own init would hold the pool's pipes open where a
+snippet could reopen them through /proc/1/fd (forging answer lines, reading the trainer's stderr file); the
+non-dumpable worker's /proc/1/fd is closed to snippets.
 
 The seccomp filter refuses: fork/vfork/clone of processes (threads pass) and clone3, execve/execveat,
 socket/socketpair, kill/tkill/tgkill/pidfd_* (to anyone, itself included), ptrace and cross-process memory
@@ -19,8 +31,10 @@ read-only mount, so it also refuses every syscall that creates, writes, renames 
 opens are refused by their flags): snippets then cannot write at all, not even in their scratch folder.
 
 What fallback mode (no bubblewrap) cannot prevent: a snippet sees the host's file system and processes and
-can READ whatever the trainer's user can read, including /proc/<trainer pid>/environ and memory (where a
-gold answer may sit); it shares the host network namespace (sockets are refused, so it cannot use it).
+can READ whatever the trainer's user can read (/etc/shadow when root, $HOME, run folders, the checkout) and
+return it as its answer, which lands in rollouts JSONL and report.html; it can read /proc/<trainer pid>/environ
+and memory (where a gold answer may sit); it shares the host network namespace (sockets are refused, so it
+cannot use it).
 Without seccomp as well (macOS, locked-down containers) only rlimits, the scratch cwd, the cleared
 environment and the wall-clock kill remain: the pool still runs, and says so.
 
@@ -138,6 +152,8 @@ class SandboxPool:
         # Runs on close(), on garbage collection or at interpreter exit, whichever comes first; it holds the
         # worker list and the folder, not the pool, so a forgotten pool is still cleaned up.
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, self.scratch_root, self._spawner)
+        _live_pools.add(self)
+        _remove_scratch_on_sigterm()
         try:
             for _ in range(n):  # start them all, then wait: workers boot in parallel
                 self._workers.append(self._spawn())
@@ -255,15 +271,48 @@ class SandboxPool:
         return results  # type: ignore[return-value]
 
 
-def _shutdown(workers: list["_Worker"], scratch_root: str, spawner: ThreadPoolExecutor) -> None:
-    """Stop the workers (stdin EOF, then SIGKILL to any that linger) and remove the pool's scratch folder."""
+def _shutdown(workers: list["_Worker"], scratch_root: str, spawner: ThreadPoolExecutor, kill: bool = False) -> None:
+    """Stop the workers (stdin EOF, then SIGKILL to any that linger; at once when `kill`) and remove the pool's
+    scratch folder."""
     for w in workers:  # all at once, so they exit in parallel
         w.close_stdin()
     for w in workers:
-        w.stop()
+        w.stop(kill=kill)
     workers.clear()
     spawner.shutdown(wait=False)
     _remove_owned_tree(scratch_root, scratch_root)
+
+
+# Pools not yet closed, for the SIGTERM handler (weak: a forgotten pool is still collected).
+_live_pools: "weakref.WeakSet[SandboxPool]" = weakref.WeakSet()
+
+
+def _remove_scratch_on_sigterm() -> None:
+    """Make SIGTERM remove the pools' scratch folders, as Ctrl-C does.
+
+    SIGINT raises KeyboardInterrupt, the interpreter exits normally and each pool's finalizer runs. SIGTERM's
+    default action ends the process at once: the workers die with it (PR_SET_PDEATHSIG, --die-with-parent) but
+    their folders would stay in /tmp. So, where SIGTERM still has its default action, the pool installs a
+    handler that kills its workers, removes its folders, then restores the default and re-sends SIGTERM: the
+    process still ends "killed by SIGTERM", as before. A program with its own SIGTERM handler keeps it (exiting
+    through sys.exit runs the finalizers); signal handlers can only be set from the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not settable here (e.g. an embedded interpreter)
+        pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    for pool in list(_live_pools):
+        info = pool._finalizer.detach()  # exactly once: a later close() or exit finds nothing to do
+        if info is not None:
+            _shutdown(*info[2], kill=True)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 _shared: SandboxPool | None = None
@@ -290,32 +339,39 @@ def shared_pool(config: SandboxConfig | None = None) -> SandboxPool:
 
 
 _bwrap_ok: bool | None = None
+_bwrap_problem = "`bwrap` not found"  # why bubblewrap is not used, for the warning
 _warned: set[str] = set()
 
 
 def bwrap_available() -> bool:
-    """True when `bwrap` exists and can create the namespaces the sandbox uses (probed once per process)."""
-    global _bwrap_ok
+    """True when `bwrap` exists and this interpreter starts inside the sandbox's namespaces and minimal file
+    system (probed once per process)."""
+    global _bwrap_ok, _bwrap_problem
     if _bwrap_ok is None:
-        exe = shutil.which("bwrap")
         _bwrap_ok = False
-        if exe is not None and sys.platform.startswith("linux"):
+        if not sys.platform.startswith("linux"):
+            _bwrap_problem = "not Linux"
+        elif shutil.which("bwrap") is not None:
             try:
-                r = subprocess.run([exe, *_BWRAP_BASE, "true"], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20)
+                r = subprocess.run(_bwrap_argv([sys.executable, "-I", "-S", "-c", ""], folder=None),
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   timeout=20)
                 _bwrap_ok = r.returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+                why = r.stderr.decode(errors="replace").strip()[:300] or f"exit code {r.returncode}"
+                _bwrap_problem = f"`bwrap` failed here: {why}"
+            except (OSError, subprocess.TimeoutExpired, RuntimeError) as e:
+                _bwrap_problem = f"`bwrap` failed here: {_describe(e)}"
     return _bwrap_ok
 
 
 def _warn_missing(protection: dict[str, bool], forced_off: bool = False) -> None:
     """Say once per process, on the log and on stderr, which protections this pool runs without."""
     what = {
-        "bwrap": "bubblewrap" + (" (turned off by SandboxConfig.use_bwrap=False)" if forced_off else "")
-                 + ": no namespaces, so snippets share the file system (read-only to them only through "
-                   "seccomp), see other processes and can read what this user can read, e.g. /proc/PID/environ"
-                   " of the trainer",
+        "bwrap": "bubblewrap (" + ("turned off by SandboxConfig.use_bwrap=False" if forced_off else _bwrap_problem)
+                 + "): snippets can READ every file this user can read and return it as their answer, which "
+                   "is written to rollouts JSONL and report.html: /etc/shadow (when root), $HOME (SSH keys, "
+                   "~/.cache/huggingface/token), run folders, the checkout; they see other processes and can "
+                   "read /proc/PID/environ and memory of the trainer (only seccomp keeps files read-only)",
         "seccomp": "seccomp (install libseccomp2 and pyseccomp): nothing refuses fork bombs, exec, sockets, "
                    "kill() or file writes; only rlimits and the wall-clock kill remain",
         "pidfd": "pidfd: the worker polls for child exit every 5 ms",
@@ -345,15 +401,82 @@ def _cpu_count() -> int:
 # The pool's handle on one worker process
 
 
-# Namespaces: all of them (user, pid, net, ipc, uts, cgroup); `/` read-only; fresh /dev (then read-only) and
-# /proc (of the new pid namespace, so host processes and their environments are invisible).
-_BWRAP_BASE = ["--unshare-all", "--new-session", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/",
-               "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc"]
+# Namespaces: all of them (user, pid, net, ipc, uts, cgroup). The worker is pid 1 of its pid namespace: a
+# bubblewrap init there would hold the pool's pipes and the trainer's stderr, and a snippet could reopen them
+# through /proc/1/fd (forge answer lines, read a log file in the run folder); the worker is not dumpable, so
+# its /proc/1/fd is closed to snippets.
+_BWRAP_NAMESPACES = ["--unshare-all", "--new-session", "--die-with-parent", "--as-pid-1", "--cap-drop", "ALL"]
+# The root starts as an empty tmpfs (bubblewrap's own); these are bound into it read-only, or recreated as the
+# symlinks they are on merged-/usr systems. Nothing else of the host exists inside.
+_SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+# What of /etc the dynamic loader and the C library read; the rest (shadow, ssh host keys, ...) stays out.
+_ETC_FILES = ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives"]
+_WORKER_PROGRAM = "/echochamber/sandbox.py"  # where this file appears inside the sandbox (bound alone)
 
 # The worker's whole environment (the pool's variables, secrets included, never reach it). One BLAS thread:
 # the child is forked and a thread pool would be dead weight.
 _WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _python_binds() -> list[tuple[str, str]]:
+    """(source, destination) pairs to bind read-only so that this interpreter and its packages run inside.
+
+    The prefixes (sys.base_prefix: the installation; sys.prefix: a venv) and the site-packages folders on
+    sys.path, each bound alone: a venv inside the checkout exposes the venv, not the checkout; a pyenv Python
+    under /root exposes /root/.pyenv/versions/X, not /root. A path is bound at its real location and, if
+    reached through a symlink, at the path Python uses too (a venv is found from the unresolved executable).
+    Folders on sys.path that are neither (PYTHONPATH entries, editable installs' source trees) stay outside.
+    """
+    import site
+
+    home = os.path.realpath(os.path.expanduser("~"))
+    wanted = [sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix]
+    sites = [*site.getsitepackages(), site.getusersitepackages()]
+    wanted += [p for p in sites if p in sys.path]
+    if sys.executable:
+        wanted.append(os.path.realpath(sys.executable))  # a venv's python may link outside every prefix
+    binds: list[tuple[str, str]] = []
+    for path in wanted:
+        if not path or not os.path.exists(path):
+            continue
+        src = os.path.realpath(path)
+        for dest in dict.fromkeys([src, os.path.abspath(path)]):
+            if any(dest == d or dest.startswith(d + "/") for d in _SYSTEM_DIRS):
+                continue  # inside /usr or /lib...: already there
+            if dest == "/" or home == dest or home.startswith(dest.rstrip("/") + "/"):
+                raise RuntimeError(f"echochamber.sandbox: refusing to bind {dest!r} into the sandbox (it holds "
+                                   f"{home!r} or is /): the Python installation must live in a folder of its own")
+            binds.append((src, dest))
+    # Parents first; drop a bind that its parent's bind already provides.
+    kept: list[tuple[str, str]] = []
+    for src, dest in sorted(set(binds), key=lambda b: (b[1].count("/"), b[1])):
+        if not any(dest.startswith(d + "/") and src == s + dest[len(d):] for s, d in kept):
+            kept.append((src, dest))
+    return kept
+
+
+def _bwrap_argv(program: list[str], folder: str | None) -> list[str]:
+    """The bubblewrap command line that runs `program` in the sandbox, with `folder` (if any) writable and cwd."""
+    argv = [shutil.which("bwrap") or "bwrap", *_BWRAP_NAMESPACES]
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            argv += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    for f in _ETC_FILES:
+        argv += ["--ro-bind-try", f, f]
+    for src, dest in _python_binds():
+        argv += ["--ro-bind", src, dest]
+    argv += ["--ro-bind", os.path.realpath(__file__), _WORKER_PROGRAM]
+    if folder is not None:
+        argv += ["--bind", folder, folder, "--chdir", folder]
+    # Fresh /dev (null, zero, urandom, ...; then read-only) and /proc of the new pid namespace (host processes
+    # and their environments are invisible); then the root itself read-only: only `folder` is writable.
+    argv += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc", "--remount-ro", "/", "--clearenv"]
+    for k, v in _WORKER_ENV.items():
+        argv += ["--setenv", k, v]
+    return argv + ["--", *program]
 
 
 class _Worker:
@@ -362,15 +485,10 @@ class _Worker:
     def __init__(self, pool: SandboxPool, generation: int):
         self.folder = os.path.join(pool.scratch_root, f"w{generation}")
         os.mkdir(self.folder, 0o700)
-        py = [sys.executable, "-I", "-B", os.path.abspath(__file__)]
         if pool.use_bwrap:
-            argv = [shutil.which("bwrap") or "bwrap", *_BWRAP_BASE, "--bind", self.folder, self.folder,
-                    "--chdir", self.folder, "--clearenv"]
-            for k, v in _WORKER_ENV.items():
-                argv += ["--setenv", k, v]
-            argv += ["--", *py]
+            argv = _bwrap_argv([sys.executable, "-I", "-B", _WORKER_PROGRAM], self.folder)
         else:
-            argv = py
+            argv = [sys.executable, "-I", "-B", os.path.abspath(__file__)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.folder,
                                      env=dict(_WORKER_ENV), start_new_session=True, close_fds=True)
         self.out_fd = self.proc.stdout.fileno()
@@ -489,7 +607,11 @@ def _remove_owned_tree(path: str, root: str) -> None:
         raise RuntimeError(f"refusing to delete {path!r}: {root!r} is not a sandbox scratch root")
     if path != root and os.path.dirname(path) != root:
         raise RuntimeError(f"refusing to delete {path!r}: not inside the sandbox scratch root {root!r}")
-    shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
+    for _ in range(20):  # a just-killed snippet may still be creating files for a moment
+        shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.05)
 
 
 def _result_from_message(msg: dict) -> CodeResult:
