@@ -246,7 +246,7 @@ def _result_line(s: dict) -> str:
 def _lock(out: Path):
     """Hold DIR/.sweep.lock for the life of the process: two sweeps writing one folder would corrupt it."""
     out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".sweep.lock", "w")
+    f = open(out / ".sweep.lock", "a")  # "a": taking the lock leaves the file as it was
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
