@@ -32,7 +32,6 @@ import hashlib
 import itertools
 import json
 import re
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -256,15 +255,15 @@ def _lock(out: Path):
 
 
 def run_cell(cell: Cell, progress: bool = True) -> dict:
-    """Build the shared dataset and pretraining if not there yet, then run (or resume) the cell's RL."""
+    """Build the shared dataset and pretraining if not there yet, then run (or resume) the cell's RL.
+    Each stage resumes by itself; a finished pretraining (its model/ folder, which lands in one rename) is not
+    even reopened, so cells after the first never touch the shared files."""
     if cell.data_dir is not None:
-        build_dataset(cell.cfg.data, cell.data_dir, progress=progress)
-    if cell.pretrain_dir is not None and not (cell.pretrain_dir / "model" / "model.safetensors").exists():
+        build_dataset(cell.cfg.data, cell.data_dir)  # finds a complete dataset with these settings and returns
+    if cell.pretrain_dir is not None and not (cell.pretrain_dir / "model").is_dir():
         print(f"  pretraining {cell.pretrain_dir.name} (shared by every cell with these data/model/pretrain "
               f"settings and seed)", flush=True)
-        atomic_write_json(cell.pretrain_dir / "settings.json", {"seed": cell.cfg.seed, **{
-            k: to_dict(getattr(cell.cfg, k)) for k in ("data", "model", "pretrain")}})
-        pretrain(cell.cfg, cell.pretrain_dir, progress=progress)
+        pretrain(cell.cfg, cell.pretrain_dir)  # records its config in pretrain_config.yaml
     return run_rl(cell.cfg, cell.out / "rl", progress=progress)
 
 
@@ -272,7 +271,7 @@ def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str
               progress: bool = True) -> list[dict]:
     """Run every unfinished cell; write DIR/sweep.json after each and DIR/report.html at the end.
     Raises SweepError (before anything runs) for a bad grid or config; a cell that fails is recorded as
-    "failed" with its error and the sweep goes on to the next."""
+    "failed" with its error and the sweep goes on to the next. progress: RL's progress bars."""
     out = Path(out)
     try:
         grid = parse_grid(grid_specs)
@@ -312,7 +311,7 @@ def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str
         report = write_sweep_report(out, entries, group_over_seeds(entries))
         failed = sum(e["status"] == "failed" for e in entries)
         print(f"sweep: {n - failed}/{n} cells done ({time.perf_counter() - t0:.0f} s this run); "
-              f"{out / 'sweep.json'}; report: {report}", file=sys.stdout, flush=True)
+              f"{out / 'sweep.json'}; report: {report}", flush=True)
         return entries
     finally:
         lock.close()
