@@ -16,6 +16,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from echochamber import sweep
+from echochamber.cli import build_parser
 from echochamber.report import _eval_series, fig_sweep_format_shares, load_run, seed_band, write_sweep_report
 from echochamber.sweep import SweepError, cell_name, expand_grid, group_over_seeds, parse_grid, plan_cells, split_values
 
@@ -63,6 +64,10 @@ def test_bad_values_are_caught_for_all_cells_before_anything_runs(tmp_path):
     with pytest.raises(SweepError) as e:  # through run_sweep: a grid typo and a shared-override typo together
         sweep.run_sweep("smoke", ["rl.lr"], ["rl.nope=1"], out)
     assert len(str(e.value).splitlines()) == 2
+    args = build_parser().parse_args(["sweep", "--config", "smoke", "--grid", "seed=x,1", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:  # the command line: the same lines, no traceback
+        args.fn(args)
+    assert str(e.value.code).splitlines() == ["sweep: --grid seed=x: smoke.seed: expected an integer, got 'x'"]
     assert not out.exists()  # nothing ran, nothing was written
 
 
@@ -101,6 +106,19 @@ def test_cells_that_differ_only_in_seeds_form_one_group():
     assert [(name, [c["name"] for c in members]) for name, members in groups] == [
         ("rl.algo=grpo", ["a", "b", "d"]), ("rl.algo=ppo", ["c"])]
     assert group_over_seeds([{"overrides": {"seed": 0}}, {"overrides": {"seed": 1}}])[0][0] == "all cells"
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    missing = tmp_path / "no-model"
+    cells = sweep.run_sweep("smoke", [f"rl.init={missing}/a,{missing}/b"], [], out, progress=False)
+    assert [c["status"] for c in cells] == ["failed", "failed"]  # the second cell ran although the first failed
+    assert all("FileNotFoundError" in c["error"] and c["pretrained"] is None for c in cells)
+    assert json.loads((out / "sweep.json").read_text()) == cells
+    assert "Traceback" in (out / cells[0]["out_dir"] / "error.log").read_text()
+    assert not (out / "pretrained").exists()  # rl.init given: nothing to pretrain
+    assert "<td>failed: FileNotFoundError" in (out / "report.html").read_text()
+    assert capsys.readouterr().out.count(": FAILED: FileNotFoundError") == 2
 
 
 # ------------------------------------------------------------------------------------------------- the report

@@ -42,7 +42,7 @@ from .data import build_dataset
 from .pretrain import pretrain
 from .report import write_sweep_report
 from .rl.train import run_rl
-from .runio import atomic_write_json
+from .runio import atomic_write_json, atomic_write_text
 
 SUMMARY_FIELDS = ("dataset", "pass1_before", "pass1_after", "format_share_before", "format_share_after")
 
@@ -305,7 +305,7 @@ def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str
                 print(f"{head}: {_result_line(summary)}", flush=True)
             except Exception as e:  # noqa: BLE001 - one broken cell must not cost the others; Ctrl-C still stops
                 entries[i] = _entry(cell, out, "failed", error=f"{type(e).__name__}: {e}")
-                (cell.out / "error.log").write_text(traceback.format_exc())
+                atomic_write_text(cell.out / "error.log", traceback.format_exc())
                 print(f"{head}: FAILED: {type(e).__name__}: {e} (traceback: {cell.out / 'error.log'})", flush=True)
             atomic_write_json(out / "sweep.json", entries)
         report = write_sweep_report(out, entries, group_over_seeds(entries))
