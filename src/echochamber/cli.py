@@ -8,6 +8,7 @@
     echochamber report     figures + report.html for one or more RL runs
     echochamber grade      label and grade any JSONL of responses
     echochamber quickstart every stage on a laptop, end to end
+    echochamber sweep      a grid of configs, one run at a time, sharing pretraining (DIR/sweep.json, report.html)
     echochamber export-hf / import-hf   Hugging Face OlmoForCausalLM folders
 
 Every stage takes --config (a YAML path or a built-in name, default `quickstart`) and dotted overrides:
@@ -121,6 +122,17 @@ def cmd_quickstart(args) -> None:
                allow_config_change=args.allow_config_change)
 
 
+def cmd_sweep(args) -> None:
+    from .sweep import SweepError, run_sweep
+
+    try:
+        cells = run_sweep(args.config, args.grid, args.overrides, args.out)
+    except SweepError as e:  # every bad cell or grid argument, one line each, before anything ran
+        sys.exit("\n".join(f"sweep: {line}" for line in str(e).splitlines()))
+    if any(c["status"] == "failed" for c in cells):
+        sys.exit(1)
+
+
 def cmd_export_hf(args) -> None:
     from .hf import export_hf
     from .model import OLMo
@@ -194,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     _add_resume_args(p)
     p.set_defaults(fn=cmd_quickstart)
+
+    p = sub.add_parser("sweep", help="run a grid of configs one at a time, sharing pretraining; sweep.json + report")
+    _add_config_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a grid axis; repeat for more (the grid is their cartesian product)")
+    p.add_argument("--out", required=True, help="sweep folder: sweep.json, report.html, cells/, pretrained/")
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("export-hf", help="write a model folder as a Hugging Face OlmoForCausalLM folder")
     p.add_argument("model")

@@ -7,6 +7,8 @@ rollouts/step_*.jsonl, summary.json, rl_run.json, rl_config.yaml) and writes PNG
 the PNGs as base64 data URIs, so the one file still works when mailed or moved. The signature figure is the
 paper's: the share of each pretraining format among the model's outputs over RL steps, with accuracy on top.
 Whatever a run lacks (no eval yet, no rollouts, no summary) is drawn or listed as missing, never an error.
+write_sweep_report draws a sweep (sweep.py) instead: a table of its cells and the signature figure with one
+panel per group of seeds, the mean over seeds and its min-max band.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import html
 import io
 import json
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -464,22 +467,36 @@ function show() {
 view.onchange = fmt.onchange = show; show();
 """
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em; color: #222 }}
-table {{ border-collapse: collapse }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left }}
-tr.diff {{ background: #fff6d5 }} .cards {{ display: flex; flex-wrap: wrap; gap: 1em }}
-.card {{ border: 1px solid #ddd; border-radius: 6px; padding: 0 1em; flex: 1 1 400px }}
-.miss {{ color: #a33 }} figure {{ margin: 1.5em 0 }} img {{ max-width: 100% }} figcaption {{ color: #555 }}
-.sample {{ border-left: 4px solid #ddd; margin: .8em 0; padding-left: .8em }}
-pre {{ background: #f6f6f6; padding: .5em; white-space: pre-wrap; max-height: 30em; overflow: auto }}
-pre.q {{ background: #eef3fb }} .ok {{ color: #17803d }} .bad {{ color: #b3261e }}
-</style></head><body>
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em; color: #222 }
+table { border-collapse: collapse } td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left }
+tr.diff { background: #fff6d5 } .cards { display: flex; flex-wrap: wrap; gap: 1em }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0 1em; flex: 1 1 400px }
+.miss { color: #a33 } figure { margin: 1.5em 0 } img { max-width: 100% } figcaption { color: #555 }
+.sample { border-left: 4px solid #ddd; margin: .8em 0; padding-left: .8em }
+pre { background: #f6f6f6; padding: .5em; white-space: pre-wrap; max-height: 30em; overflow: auto }
+pre.q { background: #eef3fb } .ok { color: #17803d } .bad { color: #b3261e }
+"""
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head><body>
 <h1>{title}</h1><div class=cards>{cards}</div>
 <h2>Summary</h2>{table}
 <h2>Figures</h2>{figures}
 <h2>Sample generations</h2>{browser}
 </body></html>
 """
+
+
+def _embed(fig: Figure | None, out_dir: Path, stem: str, caption: str) -> str:
+    """Write the figure as OUT/stem.png and return it as an HTML <figure> with the PNG inlined (base64)."""
+    if fig is None:
+        return f"<p class=miss>{html.escape(stem)}: not drawn, no run has the data yet.</p>"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(out_dir / f"{stem}.png", buf.getvalue())
+    return (f'<figure id="{stem}"><img alt="{stem}" src="data:image/png;base64,'
+            f'{base64.b64encode(buf.getvalue()).decode()}"><figcaption>{html.escape(caption)} '
+            f"({stem}.png)</figcaption></figure>")
 
 
 def _names(paths: list[Path]) -> list[str]:
@@ -498,19 +515,150 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> Path:
     paths = [Path(p) for p in run_dirs]
     runs = [load_run(p, n) for p, n in zip(paths, _names(paths))]
     out_dir = Path(out_dir) if out_dir else (paths[0] if len(paths) == 1 else Path("report"))
-    figures = []
-    for stem, caption, draw in FIGURES:
-        fig = draw(runs)
-        if fig is None:
-            figures.append(f"<p class=miss>{html.escape(stem)}: not drawn, no run has the data yet.</p>")
-            continue
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        atomic_write_bytes(out_dir / f"{stem}.png", buf.getvalue())
-        figures.append(f'<figure id="{stem}"><img alt="{stem}" src="data:image/png;base64,'
-                       f'{base64.b64encode(buf.getvalue()).decode()}"><figcaption>{html.escape(caption)} '
-                       f"({stem}.png)</figcaption></figure>")
+    figures = [_embed(draw(runs), out_dir, stem, caption) for stem, caption, draw in FIGURES]
     title = "echochamber report: " + ", ".join(r.name for r in runs)
-    page = PAGE.format(title=html.escape(title), cards="".join(_run_card(r) for r in runs), table=_table(runs),
-                       figures="".join(figures), browser=_browser(runs))
+    page = PAGE.format(title=html.escape(title), style=STYLE, cards="".join(_run_card(r) for r in runs),
+                       table=_table(runs), figures="".join(figures), browser=_browser(runs))
     return atomic_write_text(out_dir / "report.html", page)
+
+
+# ------------------------------------------------------------------------------------------------- sweeps
+# `echochamber sweep` (sweep.py) hands over its cells (the objects of DIR/sweep.json) already grouped: cells that
+# differ only in their seeds are one group, drawn as one panel with the mean over seeds and the min-max band.
+Band = tuple[np.ndarray, np.ndarray, np.ndarray]  # mean, min, max over runs, per step
+
+
+def seed_band(runs: list[Run], get: Callable[[Run], Series]) -> tuple[np.ndarray, dict[str, Band], Band]:
+    """Mean and min-max over runs of a series, on the union of their steps; a run lacking a step (still
+    training, or evaluated on another schedule) is left out of that step only."""
+    series = [get(r) for r in runs]
+    steps = np.array(sorted({int(s) for st, _, _ in series for s in st}), dtype=int)
+
+    def band(pick: Callable[[dict, np.ndarray], np.ndarray | None]) -> Band:
+        m = np.full((len(series), len(steps)), np.nan)  # (runs, steps)
+        for i, (st, per_label, acc) in enumerate(series):
+            vals = pick(per_label, acc)
+            if vals is not None and len(st):
+                m[i, np.searchsorted(steps, st.astype(int))] = vals
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is NaN, not a warning
+            return np.nanmean(m, 0), np.nanmin(m, 0), np.nanmax(m, 0)
+
+    labels = _ordered(_union(per_label for _, per_label, _ in series))
+    return steps, {lab: band(lambda pl, _acc, lab=lab: pl.get(lab)) for lab in labels}, band(lambda _pl, acc: acc)
+
+
+def fig_sweep_format_shares(groups: list[tuple[str, list[Run]]], dataset: str, ncols: int = 4) -> Figure | None:
+    """The signature figure as small multiples: one panel per group, each format's share of greedy outputs and
+    greedy pass@1 over RL steps, mean over the group's seeds (line) and min-max (band)."""
+    groups = [(name, [r for r in runs if dataset in r.datasets]) for name, runs in groups]
+    if not any(runs for _, runs in groups):
+        return None
+    ncols = min(ncols, len(groups))
+    fig, axes = _grid(-(-len(groups) // ncols), ncols,
+                      f"{dataset}: format share of greedy outputs and greedy pass@1 (black) over RL steps\n"
+                      "line: mean over seeds; band: min-max over seeds")
+    seen: set[str] = set()
+    for ax, (name, runs) in zip(axes.flat, groups):
+        ax.set_title(f"{name} · {len(runs)} run{'s' * (len(runs) != 1)}", fontsize=9)
+        if not runs:
+            _missing(ax, "not evaluated yet")
+            continue
+        steps, per_label, acc = seed_band(runs, _eval_series(dataset, "format_share"))
+        seen.update(per_label)
+        halo = [patheffects.withStroke(linewidth=4, foreground="white", alpha=0.8)]
+        for lab, color, (mean, lo, hi), kw in [*((lab, _color(lab), b, {}) for lab, b in per_label.items()),
+                                               ("pass@1", "black", acc, {"path_effects": halo, "lw": 2.0})]:
+            ax.plot(steps, mean, color=color, marker="o" if len(steps) <= 20 else None, ms=3, **{"lw": 1.6, **kw})
+            if len(runs) > 1:
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
+        ax.set_ylim(0, 1.02)
+        _step_axis(ax)
+        ax.set_ylabel("share / pass@1")
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    _legend(fig, [Line2D([], [], color=_color(lab), lw=1.6, label=lab) for lab in _ordered(seen)]
+            + [Line2D([], [], color="black", lw=2, label="greedy pass@1")])
+    return fig
+
+
+def _shares(d: dict | None) -> str:
+    """{"omi1": 0.97, "text": 0.03, "unknown": 0} -> "omi1 0.97, text 0.03" (largest first, zeros left out)."""
+    if not d:
+        return "—"
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v)
+
+
+def _mean_spread(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    a = np.array(vals, dtype=float)
+    return f"{a.mean():.3f}" + (f" ± {a.std():.3f} (min {a.min():.3f}, max {a.max():.3f})" if len(a) > 1 else "")
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    """Cells are escaped here; nothing in a row is trusted HTML."""
+    e = html.escape
+    return ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+
+
+def _sweep_tables(cells: list[dict], groups: list[tuple[str, list[dict]]]) -> tuple[str, str]:
+    """(groups table: mean and spread over seeds of the finished cells; cells table: every cell)."""
+    keys = _union(c["overrides"] for c in cells)
+    rows = []
+    for c in cells:
+        wall = c.get("wall_seconds")
+        rows.append([c["name"], *(_fmt(c["overrides"].get(k)) for k in keys),
+                     c["status"] + (f": {c['error']}" if c.get("error") else ""),
+                     f"{_fmt(c.get('pass1_before'))} → {_fmt(c.get('pass1_after'))}",
+                     _shares(c.get("format_share_before")), _shares(c.get("format_share_after")),
+                     "—" if wall is None else f"{wall / 60:.1f}", c["out_dir"]])
+    cell_table = _html_table(["cell", *keys, "status", "pass@1 before → after", "format shares before",
+                              "format shares after", "RL minutes", "folder"], rows)
+    grows = []
+    for name, members in groups:
+        done = [c for c in members if c["status"] == "done"]
+        labels = _union(c["format_share_after"] for c in done)
+        after = {lab: float(np.mean([c["format_share_after"].get(lab, 0.0) for c in done])) for lab in labels}
+        grows.append([name, f"{len(done)}/{len(members)}", _mean_spread([c["pass1_before"] for c in done]),
+                      _mean_spread([c["pass1_after"] for c in done]), _shares(after)])
+    group_table = _html_table(["group", "cells done", "pass@1 before", "pass@1 after", "format shares after "
+                               "(mean)"], grows)
+    return group_table, cell_table
+
+
+SWEEP_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>
+<body><h1>{title}</h1><p>{intro}</p>
+<h2>Groups: mean ± std over seeds</h2>{groups}
+<h2>Cells</h2>{cells}
+<h2>Format shares over RL steps</h2>{figures}
+</body></html>
+"""
+
+
+def write_sweep_report(sweep_dir: Path, cells: list[dict], groups: list[tuple[str, list[dict]]]) -> Path:
+    """DIR/report.html of a sweep: the groups table, the cells table and, per evaluation dataset, the
+    signature figure with one panel per group. `cells` are sweep.json's objects ("out_dir" relative to DIR);
+    `groups` are [(name, cells)]. Cells not started yet are listed, not drawn."""
+    sweep_dir = Path(sweep_dir)
+    runs: dict[str, Run] = {}
+    for c in cells:
+        try:
+            runs[c["name"]] = load_run(sweep_dir / c["out_dir"] / "rl", c["name"])
+        except ValueError:
+            continue  # not started: nothing to draw
+    run_groups = [(name, [runs[c["name"]] for c in members if c["name"] in runs]) for name, members in groups]
+    figures = []
+    for ds in _union(r.datasets for r in runs.values()):
+        stem = "sweep_format_shares_" + re.sub(r"[^A-Za-z0-9_.-]", "_", ds)
+        figures.append(_embed(fig_sweep_format_shares(run_groups, ds), sweep_dir, stem,
+                              f"{ds}: one panel per group of cells that differ only in seed."))
+    group_table, cell_table = _sweep_tables(cells, groups)
+    done = sum(c["status"] == "done" for c in cells)
+    intro = (f"{len(cells)} cells in {len(groups)} groups, {done} finished. Cells that differ only in their seeds "
+             f"form a group. Folders are relative to {sweep_dir}; sweep.json has every number shown here.")
+    page = SWEEP_PAGE.format(title=html.escape(f"echochamber sweep: {sweep_dir.name}"), style=STYLE,
+                             intro=html.escape(intro), groups=group_table, cells=cell_table,
+                             figures="".join(figures) or "<p class=miss>No cell has been evaluated yet.</p>")
+    return atomic_write_text(sweep_dir / "report.html", page)
