@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from echochamber.evaluate import accuracy_by_label, majority_correct, pass_at_k, shares
+from echochamber.evaluate import label_table, majority_correct, pass_at_k
 
 
 @pytest.mark.parametrize("n, c", [(5, 0), (5, 1), (6, 3), (8, 7), (8, 8), (10, 4)])
@@ -33,12 +33,16 @@ def test_majority_vote():
     assert majority_correct(["29.0", "30", "29", "1,000"], [True, False, True, False]) is True
     # A tie goes to the answer seen first.
     assert majority_correct(["7", "5", "5", "7"], [False, True, True, False]) is False
+    # The grader's equality: code's float rounding and the integer are one answer (2 votes beat 1).
+    assert majority_correct(["17.999999999999996", "19", "18"], [True, False, True]) is True
+    assert majority_correct(["19", "17.999999999999996", "18"], [False, True, True]) is True
+    # Not everything close is equal: integers compare exactly.
+    assert majority_correct(["1000000", "1000001", "7", "7"], [True, False, False, False]) is False
 
 
-def test_shares_and_accuracy_by_label():
+def test_label_table_shares_and_accuracy():
     labels = ["tinygsm", "tinygsm", "text", "unknown"]
     correct = [True, False, True, False]
-    s = shares(labels)
+    s, acc = label_table(labels, correct)
     assert s == {"tinygsm": 0.5, "omi1": 0.0, "text": 0.25, "unknown": 0.25}
-    acc = accuracy_by_label(labels, correct)
     assert acc["tinygsm"] == 0.5 and acc["text"] == 1.0 and acc["omi1"] is None
