@@ -251,4 +251,4 @@ def test_smoke_sweep_shares_pretraining_skips_finished_cells_and_resumes_a_kille
     sweep.run_sweep("smoke", ["rl.kl_coef=0,0.001"], [], out, progress=False)
     assert calls == {"build_dataset": 0, "pretrain": 0, "run_rl": 0}
     changed = {f for f, t in mtimes(out).items() if again.get(f) != t}
-    assert changed <= {"sweep.json", "report.html", "sweep_format_shares_synthetic_test.png"}
+    assert changed <= {"sweep.json", "report.html", "sweep_format_shares_synthetic_test.png", ".lock"}

@@ -118,6 +118,14 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"rl": {"lr": 1}} -> {"rl.lr": 1}: nested config mappings as dotted keys (for diffs and tables)."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
     """The commit of the echochamber checkout this code runs from (with '+dirty' when it has changes), or None."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent

@@ -27,7 +27,6 @@ now is an error, not a silent mix of two experiments.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -42,7 +41,8 @@ from .data import build_dataset
 from .pretrain import pretrain
 from .report import write_sweep_report
 from .rl.train import run_rl
-from .runio import atomic_write_json, atomic_write_text
+from .runio import atomic_write_json, atomic_write_text, flatten
+from .training import RunFolderError, exclusive
 
 SUMMARY_FIELDS = ("dataset", "pass1_before", "pass1_after", "format_share_before", "format_share_after")
 
@@ -151,12 +151,13 @@ def _key(*parts) -> str:
 
 
 def data_key(cfg: RunConfig) -> str:
-    # The top-level seed is included: stage seeds default to it (data.seed = None means `seed`).
-    return _key(cfg.seed, to_dict(cfg.data))
+    # The sections hold their resolved seeds (data.seed, pretrain.seed default to the top-level `seed`), so a
+    # grid over rl.seed shares one pretraining while a grid over seed pretrains once per seed.
+    return _key(to_dict(cfg.data))
 
 
 def pretrain_key(cfg: RunConfig) -> str:
-    return _key(cfg.seed, to_dict(cfg.data), to_dict(cfg.model), to_dict(cfg.pretrain))
+    return _key(to_dict(cfg.data), to_dict(cfg.model), to_dict(cfg.pretrain))
 
 
 def plan_cells(config: str, grid: list[tuple[str, list[str]]], overrides: list[str], out: Path) -> list[Cell]:
@@ -198,8 +199,8 @@ def plan_cells(config: str, grid: list[tuple[str, list[str]]], overrides: list[s
         if recorded.exists():
             old = json.loads(recorded.read_text()).get("config")
             if old != cell.requested:
-                diff = sorted(k for k in set(_flat(old or {})) | set(_flat(cell.requested))
-                              if _flat(old or {}).get(k) != _flat(cell.requested).get(k))
+                before, now = flatten(old or {}), flatten(cell.requested)
+                diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
                 errors.append(f"cell {cell.name}: {cell.out} was run with other settings ({', '.join(diff[:5])} "
                               f"differ); use another --out or delete that folder")
     if errors:
@@ -213,13 +214,6 @@ def _config_errors(config: str, overrides: list[str], where: str) -> list[str]:
     except ConfigError as e:
         return [f"{where}: {e}"]
     return []
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -240,18 +234,6 @@ def _result_line(s: dict) -> str:
         return ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:2] if v > 0)
     return (f"pass@1 {s['pass1_before']:.1%} -> {s['pass1_after']:.1%}, formats {top(s['format_share_before'])} "
             f"-> {top(s['format_share_after'])}, RL {s['wall_seconds'] / 60:.1f} min")
-
-
-def _lock(out: Path):
-    """Hold DIR/.sweep.lock for the life of the process: two sweeps writing one folder would corrupt it."""
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".sweep.lock", "a")  # "a": taking the lock leaves the file as it was
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise SweepError(f"another `echochamber sweep` is running in {out}") from None
-    return f
 
 
 def run_cell(cell: Cell, progress: bool = True) -> dict:
@@ -278,40 +260,44 @@ def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str
     except SweepError as e:  # with the shared overrides' problems too: every mistake in one go
         raise SweepError("\n".join([str(e), *_config_errors(config, overrides, "config")])) from None
     cells = plan_cells(config, grid, overrides, out)
-    lock = _lock(out)
     try:
-        entries = []
-        for cell in cells:
-            summary_path = cell.out / "rl" / "summary.json"
-            done = summary_path.exists()
-            entries.append(_entry(cell, out, "done", json.loads(summary_path.read_text())) if done
-                           else _entry(cell, out, "running" if cell.out.exists() else "pending"))
+        with exclusive(out):  # two sweeps writing one folder would corrupt it
+            return _run_cells(cells, out, progress)
+    except RunFolderError as e:  # (a cell's own errors are recorded in sweep.json, not raised)
+        raise SweepError(f"another process (a sweep?) is writing {out}: {e}") from None
+
+
+def _run_cells(cells: list[Cell], out: Path, progress: bool) -> list[dict]:
+    entries = []
+    for cell in cells:
+        summary_path = cell.out / "rl" / "summary.json"
+        done = summary_path.exists()
+        entries.append(_entry(cell, out, "done", json.loads(summary_path.read_text())) if done
+                       else _entry(cell, out, "running" if cell.out.exists() else "pending"))
+    atomic_write_json(out / "sweep.json", entries)
+    n, t0 = len(cells), time.perf_counter()
+    for i, cell in enumerate(cells):
+        head = f"[cell {i + 1}/{n}] {cell.name}"
+        if entries[i]["status"] == "done":
+            print(f"{head}: finished earlier, skipped ({_result_line(entries[i])})", flush=True)
+            continue
+        print(f"{head}: {'resuming' if entries[i]['status'] == 'running' else 'running'} -> {cell.out}",
+              flush=True)
+        atomic_write_json(cell.out / "cell.json", {"name": cell.name, "values": cell.values,
+                                                   "config": cell.requested})
+        entries[i]["status"] = "running"
         atomic_write_json(out / "sweep.json", entries)
-        n, t0 = len(cells), time.perf_counter()
-        for i, cell in enumerate(cells):
-            head = f"[cell {i + 1}/{n}] {cell.name}"
-            if entries[i]["status"] == "done":
-                print(f"{head}: finished earlier, skipped ({_result_line(entries[i])})", flush=True)
-                continue
-            print(f"{head}: {'resuming' if entries[i]['status'] == 'running' else 'running'} -> {cell.out}",
-                  flush=True)
-            atomic_write_json(cell.out / "cell.json", {"name": cell.name, "values": cell.values,
-                                                       "config": cell.requested})
-            entries[i]["status"] = "running"
-            atomic_write_json(out / "sweep.json", entries)
-            try:
-                summary = run_cell(cell, progress)
-                entries[i] = _entry(cell, out, "done", summary)
-                print(f"{head}: {_result_line(summary)}", flush=True)
-            except Exception as e:  # noqa: BLE001 - one broken cell must not cost the others; Ctrl-C still stops
-                entries[i] = _entry(cell, out, "failed", error=f"{type(e).__name__}: {e}")
-                atomic_write_text(cell.out / "error.log", traceback.format_exc())
-                print(f"{head}: FAILED: {type(e).__name__}: {e} (traceback: {cell.out / 'error.log'})", flush=True)
-            atomic_write_json(out / "sweep.json", entries)
-        report = write_sweep_report(out, entries, group_over_seeds(entries))
-        failed = sum(e["status"] == "failed" for e in entries)
-        print(f"sweep: {n - failed}/{n} cells done ({time.perf_counter() - t0:.0f} s this run); "
-              f"{out / 'sweep.json'}; report: {report}", flush=True)
-        return entries
-    finally:
-        lock.close()
+        try:
+            summary = run_cell(cell, progress)
+            entries[i] = _entry(cell, out, "done", summary)
+            print(f"{head}: {_result_line(summary)}", flush=True)
+        except Exception as e:  # noqa: BLE001 - one broken cell must not cost the others; Ctrl-C still stops
+            entries[i] = _entry(cell, out, "failed", error=f"{type(e).__name__}: {e}")
+            atomic_write_text(cell.out / "error.log", traceback.format_exc())
+            print(f"{head}: FAILED: {type(e).__name__}: {e} (traceback: {cell.out / 'error.log'})", flush=True)
+        atomic_write_json(out / "sweep.json", entries)
+    report = write_sweep_report(out, entries, group_over_seeds(entries))
+    failed = sum(e["status"] == "failed" for e in entries)
+    print(f"sweep: {n - failed}/{n} cells done ({time.perf_counter() - t0:.0f} s this run); "
+          f"{out / 'sweep.json'}; report: {report}", flush=True)
+    return entries

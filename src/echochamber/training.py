@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, set_rng_state
-from .runio import to_dict, truncate_jsonl, write_run_metadata
+from .runio import flatten, to_dict, truncate_jsonl, write_run_metadata
 
 # The config sections a stage's results depend on: a resume with any of them changed is refused (unless asked
 # for), since the run would silently mix two settings. Keys that change no result are not compared.
@@ -104,20 +104,10 @@ def exclusive(run_dir: Path, enabled: bool = True):
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(recorded: dict, current: dict, stage: str) -> list[str]:
     """'key: recorded -> current' for every compared key of the stage's sections that differs."""
     keys = [k for k in STAGE_SECTIONS[stage] if k in recorded or k in current]
-    old, new = _flat({k: recorded.get(k) for k in keys}), _flat({k: current.get(k) for k in keys})
+    old, new = flatten({k: recorded.get(k) for k in keys}), flatten({k: current.get(k) for k in keys})
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k not in NOT_COMPARED and old.get(k) != new.get(k)]
 
