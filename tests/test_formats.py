@@ -5,7 +5,8 @@ import ast
 import pytest
 
 from echochamber import formats
-from echochamber.formats import answers_equal, final_boxed, grade, grade_many, verify_latex
+from echochamber.formats import answers_equal, final_boxed, grade, grade_many
+from echochamber.verify import verify_latex
 
 
 def run(responses, golds, mode, pool, verifier, prompts=None):

@@ -1,4 +1,4 @@
-"""rewards: 1/0 rewards, the killable math-verify workers, grading files, and the real-data acceptance."""
+"""rewards and verify: 1/0 rewards, the killable math-verify workers, grading files, real-data acceptance."""
 
 import json
 import threading
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from echochamber import formats
-from echochamber.rewards import (MathVerifyPool, VerifyConfig, compute_rewards, format_summary_table,
-                                 grade_file, reward)
+from echochamber.rewards import compute_rewards, format_summary_table, grade_file, reward
+from echochamber.verify import MathVerifyPool, VerifyConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -55,9 +55,9 @@ def test_grade_text_and_tinygsm_defaults_use_killable_workers(verifier):
     calls = []
 
     class Spy:
-        def verify_many(self, pairs):
+        def verify_many(self, pairs, sympy_notation=False):
             calls.append(list(pairs))
-            return verifier.verify_many(pairs)
+            return verifier.verify_many(pairs, sympy_notation)
 
         def extract_many(self, texts):
             calls.append(list(texts))

@@ -52,14 +52,15 @@ corner cases (e.g. 17.999999999999996 vs 18 is equal here, not in math-verify).
 from __future__ import annotations
 
 import ast
+import math
 import re
-import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Callable, Literal, NamedTuple, Protocol, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 from .sandbox import CodeJob, CodeResult, SandboxPool, shared_pool
+from .verify import Verifier, shared_verifier, verify_latex
 
 LABELS = ("tinygsm", "omi1", "text", "unknown")  # "unknown": output with no answer at all
 FORMATS = ("tinygsm", "omi1", "text")  # the renderable ones
@@ -69,7 +70,7 @@ MODES = ("paper", "structure")
 MAX_BOXED_CHARS = 100  # a longer \boxed{} content is not an answer (no essays, no "5 or 6 or 7 or ..." lists)
 TINYGSM_ENTRY = "simple_math_problem"  # the function TinyGSM solutions define and the paper's grader calls
 OMI1_INTRO = "Let's solve this problem using Python code."
-MV_TIMEOUT_S = 2  # math-verify's own (signal.alarm) timeout per parse / comparison, when on the main thread
+OUTPUT_RECORD_CHARS = 1000  # Graded.written_output / real_output keep this much (NeMo-Skills cut at 1000 too)
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,10 @@ class Graded:
     boxed: str | None  # the text's own final \boxed{} content (recorded beside a code answer), None if none
     correct: bool  # answer equals the gold answer
     error: str | None = None  # why there is no answer: the code's error, "truncated \boxed{", ...
-
-
-class Verifier(Protocol):
-    """What grade_many needs for math-verify work; rewards.MathVerifyPool runs it in killable processes."""
-
-    def verify_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]: ...  # verify_latex over (answer, gold)
-
-    def extract_many(self, texts: Sequence[str]) -> list[str | None]: ...  # parse_answer over texts
+    # Structure mode, omi1 only (None elsewhere): is the interpreter output the text shows real?
+    transcript: str | None = None  # "genuine" | "invented" | None (no written output after the last block)
+    written_output: str | None = None  # the <llm-code-output> written after the last code block
+    real_output: str | None = None  # what that code really shows when run: its prints, then its value or error
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -321,13 +318,75 @@ def _code_answer(res: CodeResult | None, mode: Mode, label: str) -> tuple[str | 
     if not res.ok:
         return None, res.error or "failed"
     if res.value is not None:
-        return (repr(res.value) if isinstance(res.value, float) else str(res.value)), None
+        return _value_text(res.value), None
     if mode == "structure" and label == "omi1":
         printed = [line.strip() for line in res.stdout.splitlines() if line.strip()]
         if printed:
             return printed[-1], None
         return None, "the code neither printed nor ended in a value"
     return None, "the code returned None"
+
+
+def _value_text(value: int | float | str) -> str:
+    """A snippet's value as an interpreter shows it (repr for floats: 0.1 + 0.2 is 0.30000000000000004)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Code-interpreter transcripts: is the <llm-code-output> a text shows what its code really prints?
+#
+# OpenMathInstruct-1 solutions were written WITH an interpreter: the output block is real, and the code often
+# computes only an intermediate value (a GCD, then prose factors the expression), prints a sentence around
+# the value, or prints sympy notation for what the text boxes in LaTeX. The answer of such a GENUINE transcript
+# is its final \boxed{}. A model that learned the format without an interpreter INVENTS the output block;
+# then the answer is what its code computes. Which one a text is, running the code tells: compare.
+
+
+def written_output(text: str) -> str | None:
+    """The <llm-code-output> block right after the text's last closed <llm-code> block, or None."""
+    last = None
+    for last in _LLM_CODE.finditer(text):
+        pass
+    m = _WRITTEN_OUTPUT.match(text, last.end()) if last else None
+    return m.group(1).strip() if m else None
+
+
+_WRITTEN_OUTPUT = re.compile(r"\s*<llm-code-output>(.*?)</llm-code-output>", re.DOTALL)
+
+
+def real_output(res: CodeResult) -> str:
+    """What an interpreter cell shows for the snippet: what it printed, then its final value (unless None) or
+    its error (as the last line of a traceback: "NameError: name 'x' is not defined")."""
+    shown = res.stdout.strip()
+    last = (res.error or "failed") if not res.ok else None if res.value is None else _value_text(res.value)
+    return "\n".join(part for part in (shown, last) if part)
+
+
+_OUTPUT_CUT = "<output cut>"  # NeMo-Skills' interpreter kept the first 1000 characters and appended this
+_OUTPUT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMPY_SCALAR = re.compile(r"np\.(?:float|int|uint|complex)\d*\(([^()]*)\)")  # numpy 2's repr in containers
+
+
+def _squash(output: str) -> str:
+    """An output without whitespace, surrounding quotes (a str value) or numpy 2 scalar reprs."""
+    out = "".join(_NUMPY_SCALAR.sub(r"\1", output).split())
+    while len(out) >= 2 and out[0] == out[-1] and out[0] in "'\"":
+        out = out[1:-1]
+    return out
+
+
+def outputs_agree(written: str, res: CodeResult) -> bool:
+    """Does the written output show what the code really shows? Whitespace and quotes around a string do not
+    matter, numbers agree to 1e-6 relative (floats print differently across versions); failing code agrees
+    with a written traceback that ends in the same error."""
+    w, r = _squash(written), _squash(real_output(res))
+    if not res.ok:
+        return bool(res.error) and _squash(res.error) in w
+    if w.endswith(_OUTPUT_CUT):
+        return r.startswith(w[:-len(_OUTPUT_CUT)])
+    w_nums, r_nums = _OUTPUT_NUMBER.findall(w), _OUTPUT_NUMBER.findall(r)
+    return (_OUTPUT_NUMBER.split(w) == _OUTPUT_NUMBER.split(r) and len(w_nums) == len(r_nums)
+            and all(math.isclose(float(a), float(b), rel_tol=1e-6) for a, b in zip(w_nums, r_nums)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -375,46 +434,6 @@ def _numeric_verdict(answer: str, gold: str) -> bool | None:
     if not re.search(r"\d", answer):
         return False  # "None", "True", prose: no number can equal a numeric gold
     return None
-
-
-def _strip_dollars(s: str) -> str:
-    """Drop raw $ delimiters around an answer (\\$ stays), so wrapping it in $...$ gives one math span."""
-    s = s.strip()
-    while s.startswith("$"):
-        s = s[1:]
-    while s.endswith("$") and not s.endswith("\\$"):
-        s = s[:-1]
-    return s.strip()
-
-
-def _alarm_timeout() -> int | None:
-    """math-verify's own timeout works only on the main thread (signal.alarm); elsewhere it must be off."""
-    return MV_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-
-def verify_latex(answer: str, gold: str) -> bool:
-    """math-verify: does `answer` (LaTeX or plain, e.g. a \\boxed{} content or a code value) equal `gold`?
-
-    Both are wrapped in $...$ (math-verify then parses 3\\sqrt2 and \\sqrt{18} alike). Runs sympy: call it in
-    killable worker processes (rewards.MathVerifyPool) on anything a model wrote.
-    """
-    from math_verify import parse, verify
-
-    t = _alarm_timeout()
-    g = parse(f"${_strip_dollars(gold)}$", parsing_timeout=t)
-    a = parse(f"${_strip_dollars(answer)}$", parsing_timeout=t)
-    return bool(g and a and verify(g, a, timeout_seconds=t))
-
-
-def parse_answer(text: str) -> str | None:
-    """The paper's text answer: math-verify's parse of the whole text (its last \\boxed{} or number), as a string."""
-    from math_verify import parse
-
-    found = parse(text, parsing_timeout=_alarm_timeout())
-    if not found:
-        return None
-    strings = [p for p in found if isinstance(p, str)]
-    return strings[-1] if strings else str(found[0])
 
 
 def answers_equal(answer: str | None, gold: str | None,
@@ -482,16 +501,24 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
     answers: list[str | None] = []
     errors: list[str | None] = []
     boxes = [final_boxed(r) for r in responses]
+    transcripts: dict[int, tuple[str | None, str | None, str]] = {}  # structure omi1: (verdict, written, real)
     to_parse: list[int] = []  # paper mode: responses whose answer comes from math-verify's parse of the text
     for i, atts in enumerate(attempts):
         # Every job of a response ran (paper mode may have two): take each result in order, first answer wins.
-        outcomes = [_code_answer(next(results) if a.job is not None else None, mode, a.label) for a in atts]
+        ran = [next(results) if a.job is not None else None for a in atts]
         label, answer, error = "text", None, None
-        for a, (ans, err) in zip(atts, outcomes):
+        for a, res in zip(atts, ran):
+            ans, err = _code_answer(res, mode, a.label)
             label, error = a.label, err
             if ans is not None:
                 answer, error = ans, None
                 break
+        if mode == "structure" and label == "omi1" and ran[0] is not None:
+            written = written_output(texts[i])
+            verdict = None if written is None else "genuine" if outputs_agree(written, ran[0]) else "invented"
+            transcripts[i] = (verdict, written, real_output(ran[0]))
+            if verdict == "genuine" and boxes[i].error != NO_BOX:
+                answer, error = boxes[i].answer, boxes[i].error  # the text's own answer (None if ambiguous)
         if not atts:  # no code: the text's own answer
             if mode == "structure":
                 label = "text" if boxes[i].closed else "unknown"
@@ -523,18 +550,20 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
         else:
             correct[i] = verdict
     if pending:
-        for i, ok in zip(pending, get_verifier().verify_many([(answers[i], golds[i]) for i in pending])):
+        # Structure mode: code prints sympy notation (18 + 10*I) for what golds write in LaTeX (18+10i).
+        checked = get_verifier().verify_many([(answers[i], golds[i]) for i in pending],
+                                             sympy_notation=mode == "structure")
+        for i, ok in zip(pending, checked):
             correct[i] = bool(ok)
-    return [Graded(labels[i], answers[i], boxes[i].answer, correct[i], errors[i]) for i in range(n)]
+
+    def graded(i: int) -> Graded:
+        verdict, written, real = transcripts.get(i, (None, None, None))
+        cap = (lambda x: None if x is None else x[:OUTPUT_RECORD_CHARS])
+        return Graded(labels[i], answers[i], boxes[i].answer, correct[i], errors[i], verdict, cap(written), cap(real))
+
+    return [graded(i) for i in range(n)]
 
 
 def _lazy(verifier: Verifier | None) -> Callable[[], Verifier]:
     """The verifier to use, created on first need (the default pool costs worker processes)."""
-    def get() -> Verifier:
-        if verifier is not None:
-            return verifier
-        from .rewards import shared_verifier  # rewards builds on this module; import at use, not at load
-
-        return shared_verifier()
-
-    return get
+    return (lambda: verifier) if verifier is not None else shared_verifier
