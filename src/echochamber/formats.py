@@ -6,8 +6,9 @@
     unknown   output that commits to no answer at all
 
 For every generated text `grade` gives its format label, the answer it commits to and whether that answer equals
-the gold answer. For the code formats the answer is what the code COMPUTES (as in the paper); the text's own
-\\boxed{} is recorded beside it (`Graded.boxed`). Model-written code runs only in the sandbox pool
+the gold answer. For the code formats the answer is what the code COMPUTES (as in the paper), except for a
+genuine interpreter transcript in structure mode (below); the text's own \\boxed{} is recorded beside it
+(`Graded.boxed`). Model-written code runs only in the sandbox pool
 (echochamber.sandbox), never in this process; `grade_many` sends a whole batch's code in one `run_many` call.
 
 Two labelling modes:
@@ -27,9 +28,19 @@ paper      the paper's grader (openrlhf/utils/math_verifier.py of rosieyzh/openr
            During RL the paper's reward sees prompt + response (grade(prompt=...) prepends it in this mode only).
 structure  (default) labels by what is really there:
            omi1     a closed `<llm-code>...</llm-code>` block. The blocks run as one interpreter session (earlier
-                    blocks first, their errors and prints swallowed); the answer is the value of the last block's
-                    final expression, or, when that is None or the block ends in a statement (e.g. `print(x)`),
-                    the last line the block printed.
+                    blocks first, their errors and prints swallowed). What the code computes is the value of the
+                    last block's final expression, or, when that is None or the block ends in a statement (e.g.
+                    `print(x)`), the last line the block printed. Then the <llm-code-output> written after the
+                    last block is compared with what the code really shows (`outputs_agree`: its prints, then
+                    its final value or error; whitespace, quotes and float digits past 1e-6 do not matter):
+                      genuine   they agree: the text was written with a real interpreter (OpenMathInstruct-1,
+                                whose code often computes an intermediate value, prints a sentence, or prints
+                                sympy notation, and whose prose then boxes the answer). The answer is the final
+                                \\boxed{} (same rules as text), or what the code computes if there is no box.
+                      invented  they disagree: the model made the output up. The answer is what the code
+                                computes.
+                    No written output block: the answer is what the code computes. The verdict and both outputs
+                    are recorded (`Graded.transcript`, `.written_output`, `.real_output`).
            tinygsm  a top-level `def name(...)` that parses as Python (checked with `ast`); the function
                     `simple_math_problem` (else the last function defined) is called and its return value is
                     the answer. Prose that says "define" is not code.
@@ -38,15 +49,19 @@ structure  (default) labels by what is really there:
                     over-long box commit to nothing (answer None, scored 0).
            unknown  none of the above: no code, and no closed final box (no box at all, or a truncated
                     `\\boxed{12` at the end, which must not fall back to an earlier box).
-           A code format whose code fails has answer None; it does not fall back to its \\boxed{}.
+           A code format whose code fails has answer None; it does not fall back to its \\boxed{} (unless the
+           text's written output shows that very error: a genuine omi1 transcript, answered by its box).
 
 Equality (`answers_equal`): two plain numbers ("72", "72.00", "1,000", "\\$5", "-3", "1e-05") compare as
 numbers without sympy (exact, or within float rounding 1e-9 relative when either is not an integer); anything
-else goes through math-verify (`verify_latex`, gold and answer wrapped in $...$, so \\frac12 = 0.5). Batches run
-math-verify in killable worker processes (echochamber.rewards.MathVerifyPool): its own timeout uses
-signal.alarm, which fails off the main thread, and some inputs (\\boxed{9^{9^{9^9}}}) never finish.
-The same equality serves both modes, so paper-mode correctness can differ from the paper's in math-verify's
-corner cases (e.g. 17.999999999999996 vs 18 is equal here, not in math-verify).
+else goes through math-verify (`verify.verify_latex`, gold and answer wrapped in $...$, so \\frac12 = 0.5).
+Structure mode also counts sympy's printed notation as its LaTeX form (`18 + 10*I` = 18+10i, `Interval(0, oo)`
+= [0, \\infty); `verify.sympy_to_latex`, no eval) and does not send answers over MAX_VERIFIED_CHARS to
+math-verify (they score 0). Batches run math-verify in killable worker processes
+(verify.MathVerifyPool): its own timeout uses signal.alarm, which fails off the main thread, and some inputs
+(\\boxed{9^{9^{9^9}}}) never finish. Paper mode leaves the sympy-notation step out, so its correctness differs
+from the paper's only in math-verify's corner cases (e.g. 17.999999999999996 vs 18 is equal here, not in
+math-verify).
 """
 
 from __future__ import annotations
@@ -68,6 +83,9 @@ Mode = Literal["paper", "structure"]
 MODES = ("paper", "structure")
 
 MAX_BOXED_CHARS = 100  # a longer \boxed{} content is not an answer (no essays, no "5 or 6 or 7 or ..." lists)
+# Structure mode: a longer answer (a code's printed line of 4096 characters) is not sent to math-verify, whose
+# parse of it can spend a whole deadline; it scores 0. Plain numbers of any length compare without it.
+MAX_VERIFIED_CHARS = 400
 TINYGSM_ENTRY = "simple_math_problem"  # the function TinyGSM solutions define and the paper's grader calls
 OMI1_INTRO = "Let's solve this problem using Python code."
 OUTPUT_RECORD_CHARS = 1000  # Graded.written_output / real_output keep this much (NeMo-Skills cut at 1000 too)
@@ -379,11 +397,13 @@ def outputs_agree(written: str, res: CodeResult) -> bool:
     """Does the written output show what the code really shows? Whitespace and quotes around a string do not
     matter, numbers agree to 1e-6 relative (floats print differently across versions); failing code agrees
     with a written traceback that ends in the same error."""
-    w, r = _squash(written), _squash(real_output(res))
+    written = written.strip()
+    cut = written.endswith(_OUTPUT_CUT)
+    w, r = _squash(written[:-len(_OUTPUT_CUT)] if cut else written), _squash(real_output(res))
     if not res.ok:
         return bool(res.error) and _squash(res.error) in w
-    if w.endswith(_OUTPUT_CUT):
-        return r.startswith(w[:-len(_OUTPUT_CUT)])
+    if cut:
+        return r.startswith(w)
     w_nums, r_nums = _OUTPUT_NUMBER.findall(w), _OUTPUT_NUMBER.findall(r)
     return (_OUTPUT_NUMBER.split(w) == _OUTPUT_NUMBER.split(r) and len(w_nums) == len(r_nums)
             and all(math.isclose(float(a), float(b), rel_tol=1e-6) for a, b in zip(w_nums, r_nums)))
@@ -439,7 +459,7 @@ def _numeric_verdict(answer: str, gold: str) -> bool | None:
 def answers_equal(answer: str | None, gold: str | None,
                   latex_verifier: Callable[[str, str], bool] | None = None) -> bool:
     """Is `answer` the gold answer? Plain numbers compare as numbers; the rest through `latex_verifier`
-    (default: verify_latex in this process, e.g. rewards.MathVerifyPool.verify for a killable one)."""
+    (default: verify_latex in this process, e.g. verify.MathVerifyPool.verify for a killable one)."""
     if answer is None or gold is None:
         return False
     verdict = _numeric_verdict(answer, gold)
@@ -482,7 +502,7 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
 
     All code runs in ONE `pool.run_many` call (pool None = the process-wide sandbox pool, started only when
     some response has code); all math-verify work goes to `verifier` in batches (None = the process-wide
-    killable rewards.MathVerifyPool, started only when needed). `prompts` are prepended in paper mode only
+    killable verify.MathVerifyPool, started only when needed). `prompts` are prepended in paper mode only
     (the paper's RL reward sees prompt + response; its evaluation the response alone).
     """
     n = len(responses)
@@ -545,10 +565,10 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
         if answers[i] is None or golds[i] is None:
             continue
         verdict = _numeric_verdict(answers[i], golds[i])
-        if verdict is None:
+        if verdict is None and not (mode == "structure" and len(answers[i]) > MAX_VERIFIED_CHARS):
             pending.append(i)
         else:
-            correct[i] = verdict
+            correct[i] = bool(verdict)
     if pending:
         # Structure mode: code prints sympy notation (18 + 10*I) for what golds write in LaTeX (18+10i).
         checked = get_verifier().verify_many([(answers[i], golds[i]) for i in pending],

@@ -144,7 +144,10 @@ def sympy_to_latex(text: str) -> str | None:
             else:
                 raise ValueError("not a sympy function")
             if fn is sympy.Matrix:  # Matrix([[1, 2], [3, 4]]): its lists are rows, not sets
-                return fn(ast.literal_eval(node.args[0]) if len(node.args) == 1 else None)
+                if len(node.args) != 1 or not isinstance(node.args[0], ast.List):
+                    raise ValueError("not a printed Matrix")
+                return fn([[build(e) for e in row.elts] if isinstance(row, ast.List) else build(row)
+                           for row in node.args[0].elts])
             return fn(*[build(a) for a in node.args])
         if isinstance(node, (ast.List, ast.Set)):
             items = [build(e) for e in node.elts]
@@ -157,7 +160,6 @@ def sympy_to_latex(text: str) -> str | None:
         return sympy.latex(build(tree.body))
     except Exception:  # not sympy notation after all (a call with bad arguments, a string constant, ...)
         return None
-
 
 
 def parse_answer(text: str) -> str | None:
