@@ -2,7 +2,7 @@
 
 import pytest
 
-from echochamber.rewards import MathVerifyPool, VerifyConfig
+from echochamber.verify import MathVerifyPool, VerifyConfig
 from echochamber.sandbox import SandboxConfig, SandboxPool
 
 

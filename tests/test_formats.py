@@ -5,7 +5,8 @@ import ast
 import pytest
 
 from echochamber import formats
-from echochamber.formats import answers_equal, final_boxed, grade, grade_many, verify_latex
+from echochamber.formats import answers_equal, final_boxed, grade, grade_many
+from echochamber.verify import sympy_to_latex, verify_latex
 
 
 def run(responses, golds, mode, pool, verifier, prompts=None):
@@ -147,6 +148,86 @@ def test_structure_ignores_prompt(pool, verifier):
     assert (g.label, g.correct) == ("text", True)
 
 
+# -- structure mode: genuine or invented interpreter transcripts ------------------------------------------
+
+def omi1(code: str, output: str | None, after: str) -> str:
+    """An OpenMathInstruct-1 style solution: code block, written output block (None: none), then prose."""
+    out = "" if output is None else f"<llm-code-output>\n{output}\n</llm-code-output>\n"
+    return f"Let's use Python.\n<llm-code>\n{code}\n</llm-code>\n{out}{after}"
+
+
+def test_genuine_transcript_is_answered_by_its_box(pool, verifier):
+    # Real OpenMathInstruct-1 habits: the code computes a step, prints a sentence, or prints sympy notation.
+    gcd = omi1("from sympy import gcd\ngcd(12, 18)", "6", "So $12x + 18 = \\boxed{6(2x + 3)}$.")
+    sentence = omi1("total = 5 * 19\nprint(f'The weekly profit is {total} dollars.')",
+                    "The weekly profit is 95 dollars.", "Laran makes \\boxed{95} dollars.")
+    sympy_out = omi1("from sympy import I, expand\nprint(expand(2 * (9 + 5*I)))", "18 + 10*I",
+                     "So the product is $\\boxed{18+10i}$.")
+    failing = omi1("1 / 0", "Traceback (most recent call last):\n  ...\nZeroDivisionError: division by zero",
+                   "Dividing by zero is undefined, so the answer is \\boxed{0}.")
+    graded = run([gcd, sentence, sympy_out, failing], ["6(2x+3)", "95", "18+10i", "0"], "structure", pool,
+                 verifier)
+    assert [g.transcript for g in graded] == ["genuine"] * 4
+    assert [g.answer for g in graded] == ["6(2x + 3)", "95", "18+10i", "0"]
+    assert [g.correct for g in graded] == [True] * 4
+    assert (graded[1].written_output, graded[1].real_output) == ("The weekly profit is 95 dollars.",) * 2
+    assert graded[3].real_output == "ZeroDivisionError: division by zero"
+    # Paper mode is the paper's grader: its first block's last line, whatever the transcript.
+    paper = run([gcd, sentence], ["6(2x+3)", "95"], "paper", pool, verifier)
+    assert [(g.answer, g.correct, g.transcript) for g in paper] == [("6", False, None), ("None", False, None)]
+
+
+def test_invented_transcript_is_answered_by_its_code(pool, verifier):
+    lying = omi1("29 + 1 - 1", "30", "So \\boxed{30}.")
+    silent = omi1("x = 4 * 10\nprint(x)", None, "So \\boxed{41}.")  # no output block written: the code answers
+    graded = run([lying, silent], ["29", "40"], "structure", pool, verifier)
+    assert [(g.transcript, g.answer, g.boxed, g.correct) for g in graded] == [
+        ("invented", "29", "30", True), (None, "40", "41", True)]
+    assert (graded[0].written_output, graded[0].real_output) == ("30", "29")
+    assert graded[1].written_output is None and graded[1].real_output == "40"
+
+
+def test_genuine_transcript_without_a_clear_box(pool, verifier):
+    # No box: the real output is the answer, and sympy notation equals its LaTeX form (structure mode only).
+    interval = omi1("from sympy import Interval, oo\nprint(Interval(0, oo))", "Interval(0, oo)",
+                    "So the range is all nonnegative numbers.")
+    two = omi1("print(7)", "7", "It is \\boxed{7}, or maybe \\boxed{8}.")  # two different boxes: no answer
+    cut = omi1("print('1' * 1500)", "1" * 1000 + "<output cut>", "So \\boxed{5}.")  # NeMo cut long output
+    graded = run([interval, two, cut], ["[0,\\infty)", "7", "5"], "structure", pool, verifier)
+    assert [g.transcript for g in graded] == ["genuine"] * 3
+    assert (graded[0].answer, graded[0].correct) == ("Interval(0, oo)", True)
+    assert graded[1].answer is None and not graded[1].correct and "different" in graded[1].error
+    assert (graded[2].answer, graded[2].correct) == ("5", True)
+    assert len(graded[2].real_output) == formats.OUTPUT_RECORD_CHARS  # recorded outputs are capped
+
+
+@pytest.mark.parametrize("written, value, stdout, agree", [
+    ("29.0", 29.0, "", True),
+    ("  [1, 2,\n 3] ", "[1, 2, 3]", "", True),  # an interpreter's line wrapping
+    ("'abc'", "abc", "", True),  # a string value is shown quoted
+    ("[2.0, 5.0]", "[np.float64(2.0), np.float64(5.0)]", "", True),  # numpy 2's repr of what numpy 1 printed
+    ("0.333333333333333", 0.3333333333333333, "", True),  # float digits past 1e-6
+    ("60", None, "60\n", True),
+    ("working\n42", 42, "working\n", True),
+    ("42", 42, "working\n", False),  # a print the written output leaves out
+    ("30", 29, "", False),
+    ("0.34", 0.3333333333333333, "", False),
+    ("The total is 95", None, "The total was 95\n", False),
+])
+def test_outputs_agree(written, value, stdout, agree):
+    from echochamber.sandbox import CodeResult
+
+    assert formats.outputs_agree(written, CodeResult(True, value, stdout, None)) is agree
+
+
+def test_failing_code_agrees_only_with_its_own_error():
+    from echochamber.sandbox import CodeResult
+
+    res = CodeResult(False, None, "", "NameError: name 'y' is not defined")
+    assert formats.outputs_agree("Traceback ...\nNameError: name 'y' is not defined", res)
+    assert not formats.outputs_agree("5", res) and not formats.outputs_agree("NameError: name 'x'", res)
+
+
 # -- paper mode: the paper's grader, quirks included ------------------------------------------------------
 
 def test_paper_define_prose_is_tinygsm(pool, verifier):
@@ -255,6 +336,41 @@ def test_numeric_equality_without_sympy(answer, gold, equal):
 def test_latex_equality(answer, gold, equal, verifier):
     assert verify_latex(answer, gold) is equal  # in this process (main thread)
     assert answers_equal(answer, gold, latex_verifier=verifier.verify) is equal  # in the killable worker
+
+
+@pytest.mark.parametrize("printed, latex, gold", [
+    ("18 + 10*I", "18 + 10 i", "18+10i"), ("Interval(0, oo)", "\\left[0, \\infty\\right)", "[0,\\infty)"),
+    ("[-2, 3]", "\\left\\{-2, 3\\right\\}", "-2, 3"), ("x**2 + 1", "x^{2} + 1", "x^2+1"),
+    ("pi/4", "\\frac{\\pi}{4}", "\\frac{\\pi}{4}"), ("[1.00000000000000, 3]", "\\left\\{1.0, 3\\right\\}", "1, 3"),
+    ("Union(Interval.open(-oo, 1), Interval.open(2, oo))", "\\left(-\\infty, 1\\right) \\cup \\left(2, \\infty\\right)",
+     "(-\\infty,1)\\cup(2,\\infty)"),
+])
+def test_sympy_notation_equals_its_latex(printed, latex, gold, verifier):
+    assert sympy_to_latex(printed) == latex
+    assert not verify_latex(printed, gold)  # math-verify alone (paper mode) does not see it
+    assert verifier.verify_many([(printed, gold)], sympy_notation=True) == [True]
+    assert verifier.verify_many([(printed, gold)]) == [False]
+
+
+def test_sympy_to_latex_evaluates_nothing():
+    # Only numbers, names, arithmetic and sympy's own function names are rebuilt; nothing is eval'd or run.
+    for text in ["__import__('os').system('true')", "(lambda: 1)()", "x.__class__", "'a' * 10", "open('f')",
+                 "Interval(0, 1, left_open=True)", "Matrix(['__import__(\\'os\\')'])", "", "5 or 6",
+                 "[" * 10_000 + "]" * 10_000, "-" * 10_000 + "1", "9" * 5000]:
+        assert sympy_to_latex(text) is None, text
+    assert sympy_to_latex("2**10**10**10") == "2^{10^{10^{10}}}"  # unevaluated: instant
+
+
+def test_structure_does_not_verify_overlong_answers(pool):
+    class NoVerifier:
+        def verify_many(self, pairs, sympy_notation=False):
+            assert all(len(a) <= formats.MAX_VERIFIED_CHARS for a, _ in pairs), "an over-long answer was verified"
+            return [False] * len(pairs)
+
+    long_line = omi1("print('x' * 4000)", None, "")
+    number = omi1("print(2 ** 5000)", None, "")  # plain numbers of any length still compare
+    graded = run([long_line, number], ["x", str(2 ** 5000)], "structure", pool, NoVerifier())
+    assert [g.correct for g in graded] == [False, True] and len(graded[0].answer) == 4000
 
 
 def test_missing_answer_or_gold_is_wrong():

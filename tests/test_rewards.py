@@ -1,4 +1,4 @@
-"""rewards: 1/0 rewards, the killable math-verify workers, grading files, and the real-data acceptance."""
+"""rewards and verify: 1/0 rewards, the killable math-verify workers, grading files, real-data acceptance."""
 
 import json
 import threading
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from echochamber import formats
-from echochamber.rewards import (MathVerifyPool, VerifyConfig, compute_rewards, format_summary_table,
-                                 grade_file, reward)
+from echochamber.rewards import compute_rewards, format_summary_table, grade_file, reward
+from echochamber.verify import MathVerifyPool, VerifyConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -55,9 +55,9 @@ def test_grade_text_and_tinygsm_defaults_use_killable_workers(verifier):
     calls = []
 
     class Spy:
-        def verify_many(self, pairs):
+        def verify_many(self, pairs, sympy_notation=False):
             calls.append(list(pairs))
-            return verifier.verify_many(pairs)
+            return verifier.verify_many(pairs, sympy_notation)
 
         def extract_many(self, texts):
             calls.append(list(texts))
@@ -88,6 +88,7 @@ def test_grade_file_order_fields_and_summary(tmp_path, pool, verifier):
     assert [(r["label"], r["answer"], r["correct"]) for r in rows] == [
         ("tinygsm", "5", True), ("text", "7", False), ("unknown", None, False), ("text", "18", True)]
     assert rows[1]["boxed"] == "7" and rows[0]["boxed"] is None
+    assert all(set(formats.Graded.__dataclass_fields__) - {"error"} <= set(r) for r in rows)
     assert rows[2]["input_answer"] == "kept" and rows[1]["gold"] == 8 and rows[0]["question"] == "q0"
     assert summary["all"] == {"n": 4, "correct": 2, "accuracy": 0.5, "share": 1.0}
     assert summary["text"] == {"n": 2, "correct": 1, "accuracy": 0.5, "share": 0.5}
@@ -123,6 +124,40 @@ def test_grade_file_errors_name_file_line_and_field(tmp_path, lines, message, po
     assert not out.exists()
 
 
+def test_grade_file_names_bytes_that_are_not_utf8(tmp_path, pool, verifier):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'\xef\xbb\xbf{"response": "x", "gold": "1"}\n{"response": "caf\xe9", "gold": "1"}\n')
+    with pytest.raises(ValueError, match=r"in\.jsonl:2: not valid UTF-8 \(byte 0xe9 at byte 18 of the line\)"):
+        grade_file(src, tmp_path / "out.jsonl", pool=pool, verifier=verifier, progress=False)
+
+
+class NoGrading:
+    """A sandbox pool and verifier that fail the test if anything is graded."""
+
+    def run_many(self, jobs):
+        raise AssertionError("graded before checking the output path")
+
+    verify_many = extract_many = run_many
+
+
+def test_grade_file_checks_the_output_before_grading(tmp_path):
+    lines = [json.dumps({"response": "<llm-code>\n1 + 1\n</llm-code>", "gold": "2"})] * 3
+    src = write(tmp_path / "in.jsonl", lines)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    kw = dict(pool=NoGrading(), verifier=NoGrading(), progress=False)
+    for out, message in [(src, "the output is the input file"), (tmp_path / "." / "in.jsonl", "the output is the input"),
+                         (tmp_path / "folder", "the output is a folder"),
+                         (tmp_path / "a_file" / "sub" / "out.jsonl", "cannot write the output there")]:
+        with pytest.raises(ValueError, match=message) as e:
+            grade_file(src, out, **kw)
+        assert str(out) in str(e.value)
+    assert src.read_text() == "".join(line + "\n" for line in lines)  # the input is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folder", "in.jsonl"]  # no probe left behind
+    with pytest.raises(FileNotFoundError, match="nothing.jsonl: no such file"):
+        grade_file(tmp_path / "nothing.jsonl", tmp_path / "out.jsonl", **kw)
+
+
 # -- real data: every record in these samples is a correct solution ----------------------------------------
 
 def _sample(name: str) -> list[dict]:
@@ -136,8 +171,11 @@ def test_openmathinstruct1_sample(pool, verifier):
     recs = _sample("openmathinstruct1")
     responses, golds = [r["generated_solution"] for r in recs], [r["expected_answer"] for r in recs]
     graded = formats.grade_many(responses, golds, mode="structure", pool=pool, verifier=verifier)
-    assert sum(g.correct for g in graded) >= 0.9 * len(recs)
-    assert all(g.label == "omi1" for r, g in zip(responses, graded) if "<llm-code>" in r)
+    # Every record is marked a correct solution (one, in truth, is not: see the README); all were written with a
+    # real interpreter, so every transcript is genuine and answered by its \\boxed{}.
+    assert sum(g.correct for g in graded) >= 0.97 * len(recs)
+    assert all(g.label == "omi1" and g.transcript == "genuine" and g.answer == g.boxed
+               for r, g in zip(responses, graded) if "<llm-code>" in r)
     assert all(g.label == "text" for r, g in zip(responses, graded) if "<llm-code>" not in r)
     # Paper mode: the FIRST block's last line is evaluated, so a block ending in print(...) answers "None".
     paper = formats.grade_many(responses, golds, mode="paper", pool=pool, verifier=verifier)
@@ -152,7 +190,7 @@ def test_openmathinstruct2_sample(pool, verifier):
     recs = _sample("openmathinstruct2")
     responses, golds = [r["generated_solution"] for r in recs], [r["expected_answer"] for r in recs]
     graded = formats.grade_many(responses, golds, mode="structure", pool=pool, verifier=verifier)
-    assert sum(g.correct for g in graded) >= 0.9 * len(recs)
+    assert all(g.correct for g in graded)
     assert all(g.label == "text" for g in graded)
     # Paper mode: a solution whose prose contains "def" ("define", "undefined") is labelled tinygsm.
     paper = formats.grade_many(responses, golds, mode="paper", pool=pool, verifier=verifier)

@@ -6,8 +6,9 @@
     unknown   output that commits to no answer at all
 
 For every generated text `grade` gives its format label, the answer it commits to and whether that answer equals
-the gold answer. For the code formats the answer is what the code COMPUTES (as in the paper); the text's own
-\\boxed{} is recorded beside it (`Graded.boxed`). Model-written code runs only in the sandbox pool
+the gold answer. For the code formats the answer is what the code COMPUTES (as in the paper), except for a
+genuine interpreter transcript in structure mode (below); the text's own \\boxed{} is recorded beside it
+(`Graded.boxed`). Model-written code runs only in the sandbox pool
 (echochamber.sandbox), never in this process; `grade_many` sends a whole batch's code in one `run_many` call.
 
 Two labelling modes:
@@ -27,9 +28,19 @@ paper      the paper's grader (openrlhf/utils/math_verifier.py of rosieyzh/openr
            During RL the paper's reward sees prompt + response (grade(prompt=...) prepends it in this mode only).
 structure  (default) labels by what is really there:
            omi1     a closed `<llm-code>...</llm-code>` block. The blocks run as one interpreter session (earlier
-                    blocks first, their errors and prints swallowed); the answer is the value of the last block's
-                    final expression, or, when that is None or the block ends in a statement (e.g. `print(x)`),
-                    the last line the block printed.
+                    blocks first, their errors and prints swallowed). What the code computes is the value of the
+                    last block's final expression, or, when that is None or the block ends in a statement (e.g.
+                    `print(x)`), the last line the block printed. Then the <llm-code-output> written after the
+                    last block is compared with what the code really shows (`outputs_agree`: its prints, then
+                    its final value or error; whitespace, quotes and float digits past 1e-6 do not matter):
+                      genuine   they agree: the text was written with a real interpreter (OpenMathInstruct-1,
+                                whose code often computes an intermediate value, prints a sentence, or prints
+                                sympy notation, and whose prose then boxes the answer). The answer is the final
+                                \\boxed{} (same rules as text), or what the code computes if there is no box.
+                      invented  they disagree: the model made the output up. The answer is what the code
+                                computes.
+                    No written output block: the answer is what the code computes. The verdict and both outputs
+                    are recorded (`Graded.transcript`, `.written_output`, `.real_output`).
            tinygsm  a top-level `def name(...)` that parses as Python (checked with `ast`); the function
                     `simple_math_problem` (else the last function defined) is called and its return value is
                     the answer. Prose that says "define" is not code.
@@ -38,28 +49,33 @@ structure  (default) labels by what is really there:
                     over-long box commit to nothing (answer None, scored 0).
            unknown  none of the above: no code, and no closed final box (no box at all, or a truncated
                     `\\boxed{12` at the end, which must not fall back to an earlier box).
-           A code format whose code fails has answer None; it does not fall back to its \\boxed{}.
+           A code format whose code fails has answer None; it does not fall back to its \\boxed{} (unless the
+           text's written output shows that very error: a genuine omi1 transcript, answered by its box).
 
 Equality (`answers_equal`): two plain numbers ("72", "72.00", "1,000", "\\$5", "-3", "1e-05") compare as
 numbers without sympy (exact, or within float rounding 1e-9 relative when either is not an integer); anything
-else goes through math-verify (`verify_latex`, gold and answer wrapped in $...$, so \\frac12 = 0.5). Batches run
-math-verify in killable worker processes (echochamber.rewards.MathVerifyPool): its own timeout uses
-signal.alarm, which fails off the main thread, and some inputs (\\boxed{9^{9^{9^9}}}) never finish.
-The same equality serves both modes, so paper-mode correctness can differ from the paper's in math-verify's
-corner cases (e.g. 17.999999999999996 vs 18 is equal here, not in math-verify).
+else goes through math-verify (`verify.verify_latex`, gold and answer wrapped in $...$, so \\frac12 = 0.5).
+Structure mode also counts sympy's printed notation as its LaTeX form (`18 + 10*I` = 18+10i, `Interval(0, oo)`
+= [0, \\infty); `verify.sympy_to_latex`, no eval) and does not send answers over MAX_VERIFIED_CHARS to
+math-verify (they score 0). Batches run math-verify in killable worker processes
+(verify.MathVerifyPool): its own timeout uses signal.alarm, which fails off the main thread, and some inputs
+(\\boxed{9^{9^{9^9}}}) never finish. Paper mode leaves the sympy-notation step out, so its correctness differs
+from the paper's only in math-verify's corner cases (e.g. 17.999999999999996 vs 18 is equal here, not in
+math-verify).
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import re
-import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Callable, Literal, NamedTuple, Protocol, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 from .sandbox import CodeJob, CodeResult, SandboxPool, shared_pool
+from .verify import Verifier, shared_verifier, verify_latex
 
 LABELS = ("tinygsm", "omi1", "text", "unknown")  # "unknown": output with no answer at all
 FORMATS = ("tinygsm", "omi1", "text")  # the renderable ones
@@ -67,9 +83,12 @@ Mode = Literal["paper", "structure"]
 MODES = ("paper", "structure")
 
 MAX_BOXED_CHARS = 100  # a longer \boxed{} content is not an answer (no essays, no "5 or 6 or 7 or ..." lists)
+# Structure mode: a longer answer (a code's printed line of 4096 characters) is not sent to math-verify, whose
+# parse of it can spend a whole deadline; it scores 0. Plain numbers of any length compare without it.
+MAX_VERIFIED_CHARS = 400
 TINYGSM_ENTRY = "simple_math_problem"  # the function TinyGSM solutions define and the paper's grader calls
 OMI1_INTRO = "Let's solve this problem using Python code."
-MV_TIMEOUT_S = 2  # math-verify's own (signal.alarm) timeout per parse / comparison, when on the main thread
+OUTPUT_RECORD_CHARS = 1000  # Graded.written_output / real_output keep this much (NeMo-Skills cut at 1000 too)
 
 
 @dataclass(frozen=True)
@@ -81,14 +100,10 @@ class Graded:
     boxed: str | None  # the text's own final \boxed{} content (recorded beside a code answer), None if none
     correct: bool  # answer equals the gold answer
     error: str | None = None  # why there is no answer: the code's error, "truncated \boxed{", ...
-
-
-class Verifier(Protocol):
-    """What grade_many needs for math-verify work; rewards.MathVerifyPool runs it in killable processes."""
-
-    def verify_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]: ...  # verify_latex over (answer, gold)
-
-    def extract_many(self, texts: Sequence[str]) -> list[str | None]: ...  # parse_answer over texts
+    # Structure mode, omi1 only (None elsewhere): is the interpreter output the text shows real?
+    transcript: str | None = None  # "genuine" | "invented" | None (no written output after the last block)
+    written_output: str | None = None  # the <llm-code-output> written after the last code block
+    real_output: str | None = None  # what that code really shows when run: its prints, then its value or error
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -321,13 +336,77 @@ def _code_answer(res: CodeResult | None, mode: Mode, label: str) -> tuple[str | 
     if not res.ok:
         return None, res.error or "failed"
     if res.value is not None:
-        return (repr(res.value) if isinstance(res.value, float) else str(res.value)), None
+        return _value_text(res.value), None
     if mode == "structure" and label == "omi1":
         printed = [line.strip() for line in res.stdout.splitlines() if line.strip()]
         if printed:
             return printed[-1], None
         return None, "the code neither printed nor ended in a value"
     return None, "the code returned None"
+
+
+def _value_text(value: int | float | str) -> str:
+    """A snippet's value as an interpreter shows it (repr for floats: 0.1 + 0.2 is 0.30000000000000004)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Code-interpreter transcripts: is the <llm-code-output> a text shows what its code really prints?
+#
+# OpenMathInstruct-1 solutions were written WITH an interpreter: the output block is real, and the code often
+# computes only an intermediate value (a GCD, then prose factors the expression), prints a sentence around
+# the value, or prints sympy notation for what the text boxes in LaTeX. The answer of such a GENUINE transcript
+# is its final \boxed{}. A model that learned the format without an interpreter INVENTS the output block;
+# then the answer is what its code computes. Which one a text is, running the code tells: compare.
+
+
+def written_output(text: str) -> str | None:
+    """The <llm-code-output> block right after the text's last closed <llm-code> block, or None."""
+    last = None
+    for last in _LLM_CODE.finditer(text):
+        pass
+    m = _WRITTEN_OUTPUT.match(text, last.end()) if last else None
+    return m.group(1).strip() if m else None
+
+
+_WRITTEN_OUTPUT = re.compile(r"\s*<llm-code-output>(.*?)</llm-code-output>", re.DOTALL)
+
+
+def real_output(res: CodeResult) -> str:
+    """What an interpreter cell shows for the snippet: what it printed, then its final value (unless None) or
+    its error (as the last line of a traceback: "NameError: name 'x' is not defined")."""
+    shown = res.stdout.strip()
+    last = (res.error or "failed") if not res.ok else None if res.value is None else _value_text(res.value)
+    return "\n".join(part for part in (shown, last) if part)
+
+
+_OUTPUT_CUT = "<output cut>"  # NeMo-Skills' interpreter kept the first 1000 characters and appended this
+_OUTPUT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMPY_SCALAR = re.compile(r"np\.(?:float|int|uint|complex)\d*\(([^()]*)\)")  # numpy 2's repr in containers
+
+
+def _squash(output: str) -> str:
+    """An output without whitespace, surrounding quotes (a str value) or numpy 2 scalar reprs."""
+    out = "".join(_NUMPY_SCALAR.sub(r"\1", output).split())
+    while len(out) >= 2 and out[0] == out[-1] and out[0] in "'\"":
+        out = out[1:-1]
+    return out
+
+
+def outputs_agree(written: str, res: CodeResult) -> bool:
+    """Does the written output show what the code really shows? Whitespace and quotes around a string do not
+    matter, numbers agree to 1e-6 relative (floats print differently across versions); failing code agrees
+    with a written traceback that ends in the same error."""
+    written = written.strip()
+    cut = written.endswith(_OUTPUT_CUT)
+    w, r = _squash(written[:-len(_OUTPUT_CUT)] if cut else written), _squash(real_output(res))
+    if not res.ok:
+        return bool(res.error) and _squash(res.error) in w
+    if cut:
+        return r.startswith(w)
+    w_nums, r_nums = _OUTPUT_NUMBER.findall(w), _OUTPUT_NUMBER.findall(r)
+    return (_OUTPUT_NUMBER.split(w) == _OUTPUT_NUMBER.split(r) and len(w_nums) == len(r_nums)
+            and all(math.isclose(float(a), float(b), rel_tol=1e-6) for a, b in zip(w_nums, r_nums)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -377,50 +456,10 @@ def _numeric_verdict(answer: str, gold: str) -> bool | None:
     return None
 
 
-def _strip_dollars(s: str) -> str:
-    """Drop raw $ delimiters around an answer (\\$ stays), so wrapping it in $...$ gives one math span."""
-    s = s.strip()
-    while s.startswith("$"):
-        s = s[1:]
-    while s.endswith("$") and not s.endswith("\\$"):
-        s = s[:-1]
-    return s.strip()
-
-
-def _alarm_timeout() -> int | None:
-    """math-verify's own timeout works only on the main thread (signal.alarm); elsewhere it must be off."""
-    return MV_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-
-def verify_latex(answer: str, gold: str) -> bool:
-    """math-verify: does `answer` (LaTeX or plain, e.g. a \\boxed{} content or a code value) equal `gold`?
-
-    Both are wrapped in $...$ (math-verify then parses 3\\sqrt2 and \\sqrt{18} alike). Runs sympy: call it in
-    killable worker processes (rewards.MathVerifyPool) on anything a model wrote.
-    """
-    from math_verify import parse, verify
-
-    t = _alarm_timeout()
-    g = parse(f"${_strip_dollars(gold)}$", parsing_timeout=t)
-    a = parse(f"${_strip_dollars(answer)}$", parsing_timeout=t)
-    return bool(g and a and verify(g, a, timeout_seconds=t))
-
-
-def parse_answer(text: str) -> str | None:
-    """The paper's text answer: math-verify's parse of the whole text (its last \\boxed{} or number), as a string."""
-    from math_verify import parse
-
-    found = parse(text, parsing_timeout=_alarm_timeout())
-    if not found:
-        return None
-    strings = [p for p in found if isinstance(p, str)]
-    return strings[-1] if strings else str(found[0])
-
-
 def answers_equal(answer: str | None, gold: str | None,
                   latex_verifier: Callable[[str, str], bool] | None = None) -> bool:
     """Is `answer` the gold answer? Plain numbers compare as numbers; the rest through `latex_verifier`
-    (default: verify_latex in this process, e.g. rewards.MathVerifyPool.verify for a killable one)."""
+    (default: verify_latex in this process, e.g. verify.MathVerifyPool.verify for a killable one)."""
     if answer is None or gold is None:
         return False
     verdict = _numeric_verdict(answer, gold)
@@ -463,7 +502,7 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
 
     All code runs in ONE `pool.run_many` call (pool None = the process-wide sandbox pool, started only when
     some response has code); all math-verify work goes to `verifier` in batches (None = the process-wide
-    killable rewards.MathVerifyPool, started only when needed). `prompts` are prepended in paper mode only
+    killable verify.MathVerifyPool, started only when needed). `prompts` are prepended in paper mode only
     (the paper's RL reward sees prompt + response; its evaluation the response alone).
     """
     n = len(responses)
@@ -482,16 +521,24 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
     answers: list[str | None] = []
     errors: list[str | None] = []
     boxes = [final_boxed(r) for r in responses]
+    transcripts: dict[int, tuple[str | None, str | None, str]] = {}  # structure omi1: (verdict, written, real)
     to_parse: list[int] = []  # paper mode: responses whose answer comes from math-verify's parse of the text
     for i, atts in enumerate(attempts):
         # Every job of a response ran (paper mode may have two): take each result in order, first answer wins.
-        outcomes = [_code_answer(next(results) if a.job is not None else None, mode, a.label) for a in atts]
+        ran = [next(results) if a.job is not None else None for a in atts]
         label, answer, error = "text", None, None
-        for a, (ans, err) in zip(atts, outcomes):
+        for a, res in zip(atts, ran):
+            ans, err = _code_answer(res, mode, a.label)
             label, error = a.label, err
             if ans is not None:
                 answer, error = ans, None
                 break
+        if mode == "structure" and label == "omi1" and ran[0] is not None:
+            written = written_output(texts[i])
+            verdict = None if written is None else "genuine" if outputs_agree(written, ran[0]) else "invented"
+            transcripts[i] = (verdict, written, real_output(ran[0]))
+            if verdict == "genuine" and boxes[i].error != NO_BOX:
+                answer, error = boxes[i].answer, boxes[i].error  # the text's own answer (None if ambiguous)
         if not atts:  # no code: the text's own answer
             if mode == "structure":
                 label = "text" if boxes[i].closed else "unknown"
@@ -518,23 +565,25 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
         if answers[i] is None or golds[i] is None:
             continue
         verdict = _numeric_verdict(answers[i], golds[i])
-        if verdict is None:
+        if verdict is None and not (mode == "structure" and len(answers[i]) > MAX_VERIFIED_CHARS):
             pending.append(i)
         else:
-            correct[i] = verdict
+            correct[i] = bool(verdict)
     if pending:
-        for i, ok in zip(pending, get_verifier().verify_many([(answers[i], golds[i]) for i in pending])):
+        # Structure mode: code prints sympy notation (18 + 10*I) for what golds write in LaTeX (18+10i).
+        checked = get_verifier().verify_many([(answers[i], golds[i]) for i in pending],
+                                             sympy_notation=mode == "structure")
+        for i, ok in zip(pending, checked):
             correct[i] = bool(ok)
-    return [Graded(labels[i], answers[i], boxes[i].answer, correct[i], errors[i]) for i in range(n)]
+
+    def graded(i: int) -> Graded:
+        verdict, written, real = transcripts.get(i, (None, None, None))
+        cap = (lambda x: None if x is None else x[:OUTPUT_RECORD_CHARS])
+        return Graded(labels[i], answers[i], boxes[i].answer, correct[i], errors[i], verdict, cap(written), cap(real))
+
+    return [graded(i) for i in range(n)]
 
 
 def _lazy(verifier: Verifier | None) -> Callable[[], Verifier]:
     """The verifier to use, created on first need (the default pool costs worker processes)."""
-    def get() -> Verifier:
-        if verifier is not None:
-            return verifier
-        from .rewards import shared_verifier  # rewards builds on this module; import at use, not at load
-
-        return shared_verifier()
-
-    return get
+    return (lambda: verifier) if verifier is not None else shared_verifier

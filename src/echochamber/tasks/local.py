@@ -125,15 +125,24 @@ def record_to_document(rec: dict, spec: RecordSpec, where: str) -> str:
 # ----------------------------------------------------------------------------- reading files
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """("path:line", record) for every non-blank line; bad JSON or a non-object is an error naming the line."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    """("path:line", record) for every non-blank line; bytes that are not UTF-8, bad JSON or a non-object is
+    a ValueError naming the line. Lines end at \\n only (as editors and `wc -l` count them); a UTF-8 byte-order
+    mark at the start is skipped."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if i == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
+                                 "of the line)") from None
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; [[[[... nested too deep
+                raise ValueError(f"{path}:{i}: not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
             if not isinstance(rec, dict):
                 raise ValueError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
             yield f"{path}:{i}", rec
