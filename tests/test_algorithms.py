@@ -118,7 +118,7 @@ def test_k1_in_the_reward_becomes_returns_to_go_on_top_of_the_sequence_advantage
     roll = ro.Rollout(problems=[None], prompt_tokens=[[1, 2], [1, 2]], response_tokens=[[3, 4, 0], [5, 0]],
                       texts=["", ""], finished=[True, True], graded=[None, None],
                       rewards=torch.tensor([1.0, 0.0]), group_size=2)
-    plan = alg.plan(2, torch.Generator().manual_seed(0))
+    plan = alg.plan(roll, torch.Generator().manual_seed(0))
     alg.advantages(roll, plan)
     seq_adv = [0.7071067811865475, -0.7071067811865475]  # (r - mean) / std over the group of two
     for i in range(2):
@@ -126,3 +126,18 @@ def test_k1_in_the_reward_becomes_returns_to_go_on_top_of_the_sequence_advantage
         expected = [seq_adv[i] - 0.1 * kl[t:].sum().item() for t in range(len(kl))]
         assert roll.token["advantages"][i].tolist() == pytest.approx(expected, abs=1e-5)
     assert alg.kl_in == "reward"
+
+
+def test_whiten_over_processes_equals_whitening_the_whole_batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 5, generator=g)
+    m = (torch.rand(4, 5, generator=g) > 0.3).float()
+
+    def sums(v, mk):  # what the other process contributes to the all-reduce
+        vals = v[mk.bool()].double()
+        return torch.stack([vals.sum(), (vals * vals).sum(), vals.new_tensor(float(vals.numel()))])
+
+    top, bottom = (x[:2], m[:2]), (x[2:], m[2:])
+    w_top = whiten(*top, sum_over_processes=lambda t: t + sums(*bottom))
+    w_bottom = whiten(*bottom, sum_over_processes=lambda t: t + sums(*top))
+    assert torch.allclose(torch.cat([w_top, w_bottom]), whiten(x, m), atol=1e-6)

@@ -47,7 +47,7 @@ def make_run(root: Path, name: str, kl_coef: float, gain: float, *, evals: bool 
         rec.update({f"format_acc/{k}": min(1.0, acc + d) for k, d in zip(shares_at(t), (0.1, -0.1, 0.0, -0.2))})
         metrics.append(rec)
         if rollouts:
-            rows = [{"prompt": f"Q{step}.{i}: how many apples?",
+            rows = [{"question": f"Q{step}.{i}: how many apples?",
                      "response": f"def simple_math_problem():\n    return {i}",
                      "label": lab, "answer": str(i), "gold": "3", "correct": i == 3, "reward": float(i == 3)}
                     for i, lab in enumerate(["tinygsm", "tinygsm", "omi1", "tinygsm", "text", "unknown"])]

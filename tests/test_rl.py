@@ -67,7 +67,7 @@ def test_each_algorithm_learns_a_toy_task(tmp_path, algo, extra):
     alg, gen = make_algo(algo, model, tmp_path / "init", rounds, **extra)
     for it in range(rounds):
         roll = toy_rollout(model, G=32 if algo == "ei" else 8, seed=it)
-        plan = alg.plan(len(roll), gen)
+        plan = alg.plan(roll, gen)
         alg.advantages(roll, plan)
         alg.update(roll, plan)
     after = p_target(model)
@@ -81,7 +81,7 @@ def test_ratio_is_exactly_one_on_the_first_minibatch(tmp_path, algo):
     alg, gen = make_algo(algo, model, tmp_path / "init", 1, kl_coef=0.01, autocast="bfloat16")
     alg.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # the default precision: bf16 matmuls
     roll = toy_rollout(model, 8, seed=0)
-    plan = alg.plan(len(roll), gen)
+    plan = alg.plan(roll, gen)
     alg.advantages(roll, plan)
     batch = ro.make_batch(roll, plan[0][0][0], EOS, alg.batch_fields())
     logp, _ = alg.logprobs(model, batch)
@@ -113,10 +113,22 @@ def test_make_batch_masks_exactly_the_response_tokens_and_lays_out_fields():
 
 
 def test_plan_covers_every_sample_once_per_epoch():
-    plan = ro.plan_minibatches(10, minibatch_size=4, micro_batch_size=3, epochs=2, gen=torch.Generator().manual_seed(0))
+    plan = ro.plan_minibatches(list(range(10)), minibatch_size=4, micro_batch_size=3, epochs=2,
+                               gen=torch.Generator().manual_seed(0))
     for epoch in plan:
         flat = [i for mb in epoch for micro in mb for i in micro]
         assert sorted(flat) == list(range(10))
         assert [sum(len(m) for m in mb) for mb in epoch] == [4, 4, 2]
         assert all(len(m) <= 3 for mb in epoch for m in mb)
     assert plan[0] != plan[1]
+
+
+def test_processes_split_each_minibatch_of_the_one_process_plan():
+    # Two processes holding samples 0-5 and 6-11 take, from each mini-batch of the shared shuffle, their own
+    # samples (as local indices): together exactly one process's plan.
+    whole = ro.plan_minibatches(list(range(12)), 4, 0, 1, torch.Generator().manual_seed(3))
+    halves = [ro.plan_minibatches(list(range(12)), 4, 0, 1, torch.Generator().manual_seed(3), offset, 6)
+              for offset in (0, 6)]
+    for k, mb in enumerate(whole[0]):
+        mine = [sorted(i + off for micro in h[0][k] for i in micro) for h, off in zip(halves, (0, 6))]
+        assert sorted(mine[0] + mine[1]) == sorted(mb[0])

@@ -61,8 +61,10 @@ def cmd_sample(args) -> None:
     from .rewards import format_summary_table
     from .sampler import SampleConfig
 
+    from . import distributed as dist
+
     cfg = _load(args)
-    model, tok = load_policy(args.model or Path(cfg.out_dir) / "pretrain" / "model")
+    model, tok = load_policy(args.model or Path(cfg.out_dir) / "pretrain" / "model", dist.init(cfg.device).device)
     problems = load_dataset(args.dataset, args.n, cfg, cfg.eval.data_path)
     scfg = SampleConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=args.temperature,
                         top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1, dtype=cfg.eval.sample_dtype)
@@ -87,9 +89,11 @@ def cmd_rl(args) -> None:
 def cmd_eval(args) -> None:
     from .evaluate import evaluate, format_results, load_policy
 
+    from . import distributed as dist
+
     cfg = _load(args)
     model_dir = Path(cfg.eval.model) if cfg.eval.model else Path(cfg.out_dir) / "pretrain" / "model"
-    model, tok = load_policy(model_dir)
+    model, tok = load_policy(model_dir, dist.init(cfg.device).device)
     out = Path(args.out) if args.out else model_dir.parent / "eval"
     summary = evaluate(model, tok, cfg, step=0, out_root=out)
     print(format_results(summary))

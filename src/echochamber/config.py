@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -177,7 +177,7 @@ from .data import DataConfig  # noqa: E402
 from .evaluate import EvalConfig  # noqa: E402
 from .model import ModelConfig  # noqa: E402
 from .pretrain import PretrainConfig  # noqa: E402
-from .rewards import VerifyConfig  # noqa: E402
+from .verify import VerifyConfig  # noqa: E402
 from .rl.config import RLConfig  # noqa: E402
 from .sandbox import SandboxConfig  # noqa: E402
 
@@ -189,6 +189,7 @@ class RunConfig:
 
     seed: int = 0  # drives every stage: data split/shuffle, initialisation, RL sampling (unless a stage sets its own)
     out_dir: str = "runs/quickstart"  # the run folder
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a GPU when there is one (bf16 autocast), else the CPU
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

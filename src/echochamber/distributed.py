@@ -30,13 +30,19 @@ class DistContext:
         return self.world_size > 1
 
 
-def init(device: str | None = None) -> DistContext:
-    """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE) and join the process group if there is one."""
+def init(device: str | None = "auto") -> DistContext:
+    """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE) and join the process group if there is one.
+    device: auto (a GPU when there is one, else the CPU), cpu, cuda (this process's GPU: cuda:LOCAL_RANK), or an
+    explicit torch device string."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device=cuda, but torch sees no GPU here (use device=auto or device=cpu)")
+        device = f"cuda:{local_rank}"
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -76,3 +82,86 @@ def barrier(ctx: DistContext) -> None:
 def shutdown(ctx: DistContext) -> None:
     if ctx.active and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum a tensor over all processes, in place (a world of one returns it unchanged)."""
+    if ctx.active:
+        tdist.all_reduce(t)
+    return t
+
+
+def all_gather_objects(obj, ctx: DistContext) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every process (pickled Python objects: rows, lists, stats)."""
+    if not ctx.active:
+        return [obj]
+    out = [None] * ctx.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_grads(params, ctx: DistContext) -> None:
+    """Sum every parameter's gradient over the processes, in one flat buffer (data parallelism's all-reduce,
+    once per optimizer step; each process's loss is already divided by the global token or sequence count)."""
+    if not ctx.active:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:  # a process with no sample in this mini-batch has no gradient: it adds zeros
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def share(n: int, ctx: DistContext) -> tuple[int, int]:
+    """This process's contiguous slice [start, stop) of n items split as evenly as possible over the ranks."""
+    per, extra = divmod(n, ctx.world_size)
+    start = ctx.rank * per + min(ctx.rank, extra)
+    return start, start + per + (ctx.rank < extra)
+
+
+def shard(model: torch.nn.Module, ctx: DistContext, *, fsdp: bool, activation_checkpointing: bool) -> bool:
+    """Memory for large models. activation_checkpointing: each block's activations are recomputed in the backward
+    pass instead of kept. fsdp (under torchrun): FSDP2's fully_shard on every block and then on the whole model,
+    so each process holds 1/world of the parameters, gradients and optimizer state (parameters become DTensors;
+    make the optimizer afterwards). Returns whether the model is now sharded."""
+    if activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for block in model.blocks:
+            checkpoint(block)
+    if not (fsdp and ctx.active):
+        return False
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return True
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The whole (unsharded) model and optimizer state dicts, on the CPU, from a sharded model: a collective, so
+    every process calls it (rank 0 then writes them)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, opt, options=options)
+
+
+def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict) -> None:
+    """Load whole state dicts (as full_state gave them) into a sharded model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, opt, opt_state, options=options)

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 
+from . import distributed as dist
 from . import formats
 from .checks import check
 from .formats import LABELS
@@ -122,50 +123,59 @@ def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: Samp
 
 
 def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg: EvalConfig, *, seed: int,
-                     out_dir: Path | None, name: str, pool=None, progress: bool = True) -> dict:
-    questions = [p.question for p in problems]
-    golds = [p.answer for p in problems]
+                     out_dir: Path | None, name: str, pool=None, progress: bool = True,
+                     ctx: dist.DistContext | None = None) -> dict:
+    """Greedy pass@1 and format shares (and, with n_samples, pass@k, maj@k and sampled shares) of one dataset.
+    Under torchrun each process generates and grades its slice of the problems; the rows are gathered, every
+    process computes the same result, and rank 0 writes the rows."""
+    ctx = ctx or dist.DistContext(0, 0, 1, torch.device("cpu"))
+    lo, hi = dist.share(len(problems), ctx)
+    mine = problems[lo:hi]
+    questions, golds = [p.question for p in mine], [p.answer for p in mine]
     greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype)
     greedy = [t[0] for t in generate_texts(model, tok, questions, greedy_cfg, seed, ecfg.batch_prompts,
                                            f"eval {name} greedy", progress)]
     graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool)
-    labels, correct = [g.label for g in graded], [g.correct for g in graded]
-    share, acc = label_table(labels, correct)
-    result = {"n": len(problems), "pass@1": sum(correct) / max(1, len(correct)), "format_share": share,
-              "format_acc": acc}
     rows = [{"id": p.id, "question": p.question, "response": r, "label": g.label, "answer": g.answer,
-             "boxed": g.boxed, "gold": p.answer, "correct": g.correct} for p, r, g in zip(problems, greedy, graded)]
-    if out_dir:
+             "boxed": g.boxed, "gold": p.answer, "correct": g.correct} for p, r, g in zip(mine, greedy, graded)]
+    rows = [r for part in dist.all_gather_objects(rows, ctx) for r in part]
+    share, acc = label_table([r["label"] for r in rows], [r["correct"] for r in rows])
+    result = {"n": len(rows), "pass@1": sum(r["correct"] for r in rows) / max(1, len(rows)), "format_share": share,
+              "format_acc": acc}
+    if out_dir and ctx.is_main:
         write_jsonl(out_dir / f"{name}_greedy.jsonl", rows)
 
     if ecfg.n_samples > 0:
         n = ecfg.n_samples
         sample_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
                                   top_p=ecfg.top_p, n=n, dtype=ecfg.sample_dtype)
-        samples = generate_texts(model, tok, questions, sample_cfg, seed + 10_000, max(1, 8 * ecfg.batch_prompts // n),
-                                 f"eval {name} x{n}", progress)
+        samples = generate_texts(model, tok, questions, sample_cfg, seed + 10_000 + ctx.rank,
+                                 max(1, 8 * ecfg.batch_prompts // n), f"eval {name} x{n}", progress)
         flat = [s for group in samples for s in group]
         sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool)
-        per_problem = [sgraded[i * n:(i + 1) * n] for i in range(len(problems))]
+        srows = [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer, "gold": p.answer,
+                  "correct": g.correct}
+                 for i, (p, texts) in enumerate(zip(mine, samples)) for j, (s, g) in
+                 enumerate(zip(texts, sgraded[i * n:(i + 1) * n]))]
+        srows = [r for part in dist.all_gather_objects(srows, ctx) for r in part]
+        per_problem = [srows[i * n:(i + 1) * n] for i in range(len(rows))]
         result["k"] = n
-        result["pass@k"] = sum(pass_at_k(n, sum(g.correct for g in gs), n) for gs in per_problem) / len(problems)
-        result["maj@k"] = sum(majority_correct([g.answer for g in gs], [g.correct for g in gs])
-                              for gs in per_problem) / len(problems)
-        result["sample_format_share"], result["sample_format_acc"] = label_table([g.label for g in sgraded],
-                                                                                 [g.correct for g in sgraded])
-        if out_dir:
-            write_jsonl(out_dir / f"{name}_samples.jsonl",
-                        [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer,
-                          "gold": p.answer, "correct": g.correct}
-                         for p, texts, gs in zip(problems, samples, per_problem)
-                         for j, (s, g) in enumerate(zip(texts, gs))])
+        result["pass@k"] = sum(pass_at_k(n, sum(r["correct"] for r in rs), n) for rs in per_problem) / len(rows)
+        result["maj@k"] = sum(majority_correct([r["answer"] for r in rs], [r["correct"] for r in rs])
+                              for rs in per_problem) / len(rows)
+        result["sample_format_share"], result["sample_format_acc"] = label_table([r["label"] for r in srows],
+                                                                                 [r["correct"] for r in srows])
+        if out_dir and ctx.is_main:
+            write_jsonl(out_dir / f"{name}_samples.jsonl", srows)
     return result
 
 
 def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, pool=None,
-             progress: bool = True, extra: dict | None = None, n_problems: int | None = None) -> dict:
+             progress: bool = True, extra: dict | None = None, n_problems: int | None = None,
+             ctx: dist.DistContext | None = None) -> dict:
     """Evaluate on every dataset of cfg.eval (n_problems of each, default eval.n_problems); writes
-    out_root/step_N.json (with `extra`'s keys, e.g. which weights were evaluated) and out_root/step_N/*.jsonl."""
+    out_root/step_N.json (with `extra`'s keys, e.g. which weights were evaluated) and out_root/step_N/*.jsonl
+    (rank 0 under torchrun, where the problems are split over the processes)."""
     ecfg: EvalConfig = cfg.eval
     step_dir = out_root / f"step_{step:06d}"
     was_training = model.training
@@ -175,10 +185,11 @@ def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, poo
         name = spec.replace(":", "_")
         problems = load_dataset(spec, ecfg.n_problems if n_problems is None else n_problems, cfg, ecfg.data_path)
         results[name] = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir, name=name,
-                                         pool=pool, progress=progress)
+                                         pool=pool, progress=progress, ctx=ctx)
     model.train(was_training)
     summary = {"step": step, **(extra or {}), "datasets": results}
-    atomic_write_json(out_root / f"step_{step:06d}.json", summary)
+    if ctx is None or ctx.is_main:
+        atomic_write_json(out_root / f"step_{step:06d}.json", summary)
     return summary
 
 

@@ -30,10 +30,9 @@ from . import distributed as dist
 from .checks import check
 from .data import PackedDataset
 from .model import OLMo, ModelConfig
-from .checkpoint import export_model, save_checkpoint
+from .checkpoint import export_model, rng_state, save_checkpoint
 from .runio import append_jsonl
-from .training import (autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr, start_or_resume,
-                       trainer_state)
+from .training import autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr, start_or_resume
 
 
 @dataclass
@@ -57,6 +56,9 @@ class PretrainConfig:
     stop_at: int | None = None  # stop (with a checkpoint) at this step, to resume later; the schedule still spans max_steps
     data_dir: str | None = None  # packed data from `echochamber data`; default OUT_DIR/data
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    fsdp: bool = False  # under torchrun: FSDP2, parameters, gradients and optimizer state sharded (paper: FSDP for
+    # 1B, DDP for 150M); otherwise data-parallel DDP
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass (less memory)
     seed: int | None = None  # initialisation; None = the run's top-level `seed`
 
     def __post_init__(self):
@@ -95,7 +97,7 @@ def validation_loss(model, val: PackedDataset, cfg: PretrainConfig, device) -> f
 
 def pretrain(cfg, out_dir: str | Path, *, progress: bool = True, allow_config_change: bool = False) -> Path:
     """Run (or resume) pretraining described by RunConfig `cfg`; returns the folder of the final model."""
-    ctx = dist.init()
+    ctx = dist.init(cfg.device)
     with exclusive(Path(out_dir), enabled=ctx.is_main):
         return _pretrain(cfg, Path(out_dir), ctx, progress, allow_config_change)
 
@@ -115,14 +117,24 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
     torch.manual_seed(pcfg.seed)
     model_cfg: ModelConfig = cfg.model.resolve(vocab_size=train.vocab_size)
     model = OLMo(model_cfg).to(device)
-    opt = make_optimizer(model, pcfg.lr, pcfg.weight_decay, pcfg.betas, pcfg.eps)
+    sharded = dist.shard(model, ctx, fsdp=pcfg.fsdp, activation_checkpointing=pcfg.activation_checkpointing)
+    opt = make_optimizer(model, pcfg.lr, pcfg.weight_decay, pcfg.betas, pcfg.eps)  # after sharding: of the shards
 
     # Resume: weights, optimizer, RNG, data position and step from the latest complete checkpoint.
-    state = start_or_resume(run_dir, cfg, "pretrain", model, opt, device=device, is_main=ctx.is_main,
-                            allow_config_change=allow_config_change)
+    state = start_or_resume(run_dir, cfg, "pretrain", model, opt, device=device, ctx=ctx,
+                            allow_config_change=allow_config_change, sharded=sharded)
     step, next_row = (state["step"], state["next_row"]) if state else (0, 0)
 
-    ddp_model = dist.wrap(model, ctx)
+    def savable() -> tuple[OLMo, dict]:
+        """The model and optimizer state as one process holds them (FSDP: gathered, a collective)."""
+        if not sharded:
+            return model, opt.state_dict()
+        model_state, opt_state = dist.full_state(model, opt)
+        whole = OLMo(model_cfg)
+        whole.load_state_dict(model_state)
+        return whole, opt_state
+
+    ddp_model = model if sharded else dist.wrap(model, ctx)
     tb = None
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -152,7 +164,8 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
                 loss = lm_loss(ddp_model, rows) / pcfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
+        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -177,15 +190,17 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
         bar.update(1)
 
         if step % pcfg.ckpt_every == 0 or step == last_step:
+            whole, opt_state = savable()
             if ctx.is_main:
-                save_checkpoint(ckpt_root, model, {"step": step, "next_row": next_row, **trainer_state(opt)},
-                                pcfg.keep_checkpoints)
+                save_checkpoint(ckpt_root, whole, {"step": step, "next_row": next_row, "optimizer": opt_state,
+                                                   "rng": rng_state()}, pcfg.keep_checkpoints)
             dist.barrier(ctx)
     bar.close()
 
     final_dir = run_dir / "model"
+    whole = savable()[0] if step == pcfg.max_steps else None
     if ctx.is_main and step == pcfg.max_steps:
-        export_model(model, data_dir / "tokenizer.json", final_dir)
+        export_model(whole, data_dir / "tokenizer.json", final_dir)
         if tb:
             tb.close()
     dist.barrier(ctx)

@@ -191,7 +191,7 @@ def _missing(ax, text: str) -> None:
 
 def _step_axis(ax) -> None:
     """x axis of RL steps (call after plotting): whole-number ticks; one tick when there is a single step."""
-    ax.set_xlabel("RL step")
+    ax.set_xlabel("RL step (Expert Iteration: round)")
     ax.grid(alpha=0.3)
     lo, hi = ax.get_xlim()
     if hi - lo < 2:  # autoscaled around one point: one tick, not -0.04 ... 0.04
@@ -437,7 +437,7 @@ def _sample(row: dict, view: int) -> str:
     return (f'<div class=sample data-view="{view}" data-label="{e(label)}"><div class=meta>'
             f'<b style="color:{_color(label)}">{e(label)}</b> · answer <code>{e(_fmt(row.get("answer")))}</code> · '
             f'gold <code>{e(_fmt(row.get("gold")))}</code> · {mark}{extra}</div>'
-            f'<pre class=q>{e(str(row.get("question", row.get("prompt", ""))))}</pre><pre>{e(response)}</pre></div>')
+            f'<pre class=q>{e(str(row.get("question", "")))}</pre><pre>{e(response)}</pre></div>')
 
 
 def _browser(runs: list[Run]) -> str:

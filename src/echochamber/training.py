@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from . import distributed as dist
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, set_rng_state
+from .model import OLMo
 from .runio import flatten, to_dict, truncate_jsonl, write_run_metadata
 
 # The config sections a stage's results depend on: a resume with any of them changed is refused (unless asked
@@ -113,14 +115,21 @@ def config_changes(recorded: dict, current: dict, stage: str) -> list[str]:
 
 
 def start_or_resume(run_dir: Path, cfg, stage: str, model: torch.nn.Module, opt: torch.optim.Optimizer, *,
-                    device, is_main: bool = True, allow_config_change: bool = False) -> dict | None:
+                    device, ctx: dist.DistContext | None = None, allow_config_change: bool = False,
+                    sharded: bool = False) -> dict | None:
     """Resume from RUN/checkpoints/latest (weights, optimizer, RNG; the log is cut back to the checkpoint's
     step, since the steps after it are redone) and return the checkpoint's trainer state; or, for a fresh run,
     record the resolved config, versions and commit and return None (records an earlier attempt logged before
     its first checkpoint are dropped: they are redone). A resume whose config differs from the recorded one in
     the stage's sections is refused with the list of changes, unless allow_config_change (then the recorded
-    config is updated)."""
+    config is updated). Under torchrun every process must see the same checkpoint (a shared file system)."""
+    is_main = ctx is None or ctx.is_main
     resume_from = latest_checkpoint(run_dir / "checkpoints")
+    if ctx is not None and ctx.active:
+        seen = dist.all_gather_objects(resume_from.name if resume_from else None, ctx)
+        if len(set(seen)) > 1:
+            raise RunFolderError(f"{run_dir}: the processes see different checkpoints ({', '.join(map(str, seen))} "
+                                 f"by rank); resuming needs the run folder on a file system all of them share")
     if resume_from is None:
         if is_main:
             truncate_jsonl(run_dir / "metrics.jsonl", lambda r: False)
@@ -136,8 +145,12 @@ def start_or_resume(run_dir: Path, cfg, stage: str, model: torch.nn.Module, opt:
         if changes and is_main:
             print(f"resuming {stage} with changed config: {'; '.join(changes)}", file=sys.stderr)
             write_run_metadata(run_dir, cfg, stage)
-    state = load_checkpoint(resume_from, model, device)
-    opt.load_state_dict(state["optimizer"])
+    if sharded:  # FSDP: every process reads the whole checkpoint and keeps its shards
+        state = torch.load(resume_from / "trainer_state.pt", map_location="cpu", weights_only=False)
+        dist.load_full_state(model, opt, OLMo.load(resume_from).state_dict(), state["optimizer"])
+    else:
+        state = load_checkpoint(resume_from, model, device)
+        opt.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     if is_main:
         truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r["step"] <= state["step"])

@@ -25,6 +25,8 @@ class RLConfig:
     temperature: float = 0.7  # rollout sampling temperature (paper: 0.7)
     top_p: float = 1.0  # (paper: 1.0)
     max_new_tokens: int = 320  # (paper: 1024)
+    rollout_chunk_prompts: int = 0  # prompts per generate call, each call seeded by its place in the step; 0 = all of
+    # a process's share (at most 512 rows). Equal values give equal samples whatever the number of processes.
     minibatch_size: int = 64  # sequences per optimizer step (paper: 64, so 8 optimizer steps per rollout)
     micro_batch_size: int = 0  # sequences per forward/backward inside a mini-batch (0 = the whole mini-batch)
     epochs: int = 1  # passes over each rollout (paper: 1)
@@ -63,7 +65,7 @@ class RLConfig:
     def __post_init__(self):
         check(self, at_least_1=("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "minibatch_size",
                                 "epochs", "eval_every", "ckpt_every"),
-              at_least_0=("micro_batch_size", "train_problems", "kl_coef", "temperature", "weight_decay", "threads"),
+              at_least_0=("micro_batch_size", "train_problems", "rollout_chunk_prompts", "kl_coef", "temperature", "weight_decay", "threads"),
               positive=("lr", "clip_eps", "logprob_temperature", "grad_clip"), unit=("min_lr_ratio",),
               unit_open=("top_p",))
         if not 0 <= self.warmup_ratio < 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed as dist
 from ..checks import check
 from ..model import OLMo
 from ..training import cosine_lr, make_optimizer
@@ -43,7 +44,7 @@ def keep_mask(roll: ro.Rollout) -> tuple[torch.Tensor, int]:
     """1.0 for each correct response that is the first of its exact (prompt, response) pair, else 0.0; and the
     number of correct duplicates dropped."""
     seen: set[tuple[int, tuple[int, ...]]] = set()
-    keep = torch.zeros(len(roll))
+    keep = torch.zeros(len(roll), device=roll.rewards.device)
     dupes = 0
     for i, g in enumerate(roll.graded):
         if not g.correct:
@@ -64,11 +65,10 @@ class ExpertIteration(PolicyGradient):
         super().__init__(cfg, policy, ref, **kw)
         self.ecfg: EIConfig = cfg.ei
         self.init_dir, self.gen = Path(init_dir), gen
-        self.dupes = 0
+        self.keep, self.dupes = torch.zeros(0), 0
 
     def advantages(self, roll: ro.Rollout, plan) -> None:
-        keep, self.dupes = keep_mask(roll)
-        roll.token["keep"] = [torch.full((len(t),), float(k)) for t, k in zip(roll.response_tokens, keep)]
+        self.keep, self.dupes = keep_mask(roll)  # this round's (N,) 1/0 and the duplicates dropped
 
     def sft_loss(self, batch: ro.Batch) -> tuple[torch.Tensor, dict]:
         with self.autocast():
@@ -77,19 +77,18 @@ class ExpertIteration(PolicyGradient):
         return loss, {"sft_loss": loss.item()}
 
     def update(self, roll: ro.Rollout, plan) -> dict:
-        kept = [i for i in range(len(roll)) if roll.token["keep"][i].numel() and roll.token["keep"][i][0] > 0]
-        stats = {"ei/kept": len(kept), "ei/duplicates": self.dupes}
+        # The kept samples of every process, by global index: all draw the same SFT plan and keep their own.
+        local = (self.keep.nonzero().flatten() + roll.offset).tolist()
+        kept = [i for part in dist.all_gather_objects(local, self.ctx) for i in part]
+        dupes = sum(dist.all_gather_objects(self.dupes, self.ctx))
+        stats = {"ei/kept": len(kept), "ei/duplicates": dupes}
         if not kept:
             return stats  # nothing correct: the policy stays as it is
         # Fine-tune from the pretrained weights, with a fresh optimizer, on this round's kept responses.
         self.policy.load_state_dict(OLMo.load(self.init_dir, device=self.device).state_dict())
         opt = make_optimizer(self.policy, self.ecfg.lr, self.cfg.weight_decay, self.cfg.betas)
-        micro = self.cfg.micro_batch_size or self.ecfg.batch_size
-        sft_plan = []
-        for _ in range(self.ecfg.epochs):
-            order = [kept[j] for j in torch.randperm(len(kept), generator=self.gen).tolist()]
-            mbs = [order[s: s + self.ecfg.batch_size] for s in range(0, len(order), self.ecfg.batch_size)]
-            sft_plan.append([[mb[s: s + micro] for s in range(0, len(mb), micro)] for mb in mbs])
+        sft_plan = ro.plan_minibatches(kept, self.ecfg.batch_size, self.cfg.micro_batch_size, self.ecfg.epochs,
+                                       self.gen, roll.offset, len(roll))
         total = sum(len(epoch) for epoch in sft_plan)
         warmup = int(self.cfg.warmup_ratio * total)
         stats.update(self.run_minibatches(roll, sft_plan, self.policy, opt, self.sft_loss, (),

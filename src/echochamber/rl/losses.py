@@ -86,14 +86,20 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, g
     return adv, (adv + v) * mask
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, sum_over_processes=None) -> torch.Tensor:
     """(x - mean) / (std + eps) over the masked entries of the whole batch (OpenRLHF whitens advantages over the
-    rollout's tokens); padding stays 0."""
-    m = mask.bool()
-    vals = x[m]
-    if vals.numel() < 2:
+    rollout's tokens), std unbiased; padding stays 0. sum_over_processes(t) sums a tensor over the processes
+    that hold the rest of the batch (None: this process holds all of it)."""
+    vals = x[mask.bool()].double()
+    sums = torch.stack([vals.sum(), (vals * vals).sum(), vals.new_tensor(float(vals.numel()))])  # (3,)
+    if sum_over_processes is not None:
+        sums = sum_over_processes(sums)
+    total, squares, n = sums.tolist()
+    if n < 2:
         return x * mask
-    return ((x - vals.mean()) / (vals.std() + eps)) * mask
+    mean = total / n
+    std = max(0.0, (squares - n * mean * mean) / (n - 1)) ** 0.5
+    return ((x - mean) / (std + eps)) * mask
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, max_len: int = 1) -> torch.Tensor:

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from .. import distributed as dist
 from ..training import cosine_lr, make_optimizer, set_lr
 from . import rollout as ro
 from .losses import KL_ESTIMATORS, aggregate, clipped_policy_loss, kl_k1, kl_k3, returns_to_go
@@ -48,9 +49,11 @@ class PolicyGradient:
     loss_agg: str | None = None  # an algorithm that fixes the loss aggregation (Dr. GRPO); None = rl.loss_agg
 
     def __init__(self, cfg, policy: torch.nn.Module, ref: torch.nn.Module | None, *, pad_id: int, autocast,
-                 device="cpu"):
+                 device="cpu", ctx: dist.DistContext | None = None):
         self.cfg, self.policy, self.ref = cfg, policy, ref
         self.pad_id, self.autocast, self.device = pad_id, autocast, device
+        # Under torchrun each process holds its share of a step's samples; sums over all of them go through here.
+        self.ctx = ctx or dist.DistContext(0, 0, 1, torch.device(device))
         auto_in, auto_est = PAPER_KL[cfg.algo]
         self.kl_in = auto_in if cfg.kl_in == "auto" else cfg.kl_in
         self.kl_est = KL_ESTIMATORS[auto_est if cfg.kl_estimator == "auto" else cfg.kl_estimator]
@@ -71,9 +74,13 @@ class PolicyGradient:
 
     # -- the shared steps ------------------------------------------------------------------------------------
 
-    def plan(self, n: int, gen: torch.Generator) -> list[list[list[int]]]:
-        """This rollout's update layout (epochs x mini-batches x micro-batches of sample indices)."""
-        return ro.plan_minibatches(n, self.cfg.minibatch_size, self.cfg.micro_batch_size, self.cfg.epochs, gen)
+    def sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
+        return dist.all_reduce_sum(t, self.ctx)
+
+    def plan(self, roll: ro.Rollout, gen: torch.Generator) -> list[list[list[int]]]:
+        """This rollout's update layout (epochs x mini-batches x micro-batches of this process's samples)."""
+        return ro.plan_minibatches(list(range(roll.n_global or len(roll))), self.cfg.minibatch_size,
+                                   self.cfg.micro_batch_size, self.cfg.epochs, gen, roll.offset, len(roll))
 
     def logprobs(self, model, batch: ro.Batch, with_entropy: bool = False):
         with self.autocast():
@@ -142,8 +149,9 @@ class PolicyGradient:
     def run_minibatches(self, roll, plan, model, opt, loss_fn, fields, lr_fn, agg: str,
                         prefix: str = "") -> dict:
         """Generic mini-batch loop: for the k-th mini-batch, set the lr to lr_fn(k), accumulate loss_fn over its
-        micro-batches (each weighted by its share of the mini-batch's tokens, or sequences for per-sequence
-        aggregation, so micro-batching does not change the loss), clip the gradient norm, step."""
+        micro-batches, each weighted by its share of the mini-batch's tokens (or sequences, for per-sequence
+        aggregation) over ALL processes, so neither micro-batching nor the number of processes changes the loss;
+        sum the gradients over the processes, clip the norm, step."""
         sums: dict[str, float] = {}
         n_steps, lr = 0, 0.0
         for epoch in plan:
@@ -151,18 +159,25 @@ class PolicyGradient:
                 lr = lr_fn(n_steps)
                 set_lr(opt, lr)
                 batches = [ro.make_batch(roll, micro, self.pad_id, fields, self.device) for micro in mb]
-                n_seqs, n_tok = sum(len(b.indices) for b in batches), sum(b.n_tokens for b in batches)
+                counts = torch.tensor([float(sum(len(b.indices) for b in batches)),
+                                       float(sum(b.n_tokens for b in batches))], dtype=torch.float64)
+                n_seqs, n_tok = self.sum_over_processes(counts).tolist()
                 for b in batches:
                     loss, st = loss_fn(b)
-                    w = b.n_tokens / max(1, n_tok) if agg == "token" else len(b.indices) / n_seqs
+                    w = b.n_tokens / max(1.0, n_tok) if agg == "token" else len(b.indices) / max(1.0, n_seqs)
                     (loss * w).backward()
                     for k, v in st.items():
                         sums[prefix + k] = sums.get(prefix + k, 0.0) + v * w
+                dist.all_reduce_grads(model.parameters(), self.ctx)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-                sums[prefix + "grad_norm"] = sums.get(prefix + "grad_norm", 0.0) + grad_norm.item()
+                sums[prefix + "grad_norm"] = sums.get(prefix + "grad_norm", 0.0) + grad_norm.item() / self.ctx.world_size
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 n_steps += 1
+        if self.ctx.active:  # the statistics, weighted by global shares, sum over the processes
+            keys = sorted(sums)
+            totals = self.sum_over_processes(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+            sums = dict(zip(keys, totals))
         out = {k: v / max(1, n_steps) for k, v in sums.items()}
         out[prefix + "lr"] = lr
         return out

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .. import distributed as dist
 from ..checks import check
 from ..training import cosine_lr, make_optimizer
 from . import rollout as ro
@@ -94,14 +95,14 @@ class PPO(PolicyGradient):
         roll.token["old_values"] = ro.score(self.values, roll, first_epoch, self.pad_id, self.device)
         self.critic.train()
         rewards = roll.rewards
-        if self.pcfg.normalize_reward:
-            self.reward_moments.update(rewards)
+        if self.pcfg.normalize_reward:  # moments of the whole step's rewards, over all processes
+            self.reward_moments.update(torch.cat(dist.all_gather_objects(rewards.cpu(), self.ctx)))
             rewards = (rewards - self.reward_moments.mean) / (self.reward_moments.std + 1e-8)
         token_rewards, mask, lengths = self.token_rewards(roll, rewards)
         values, _ = ro.pad_responses(roll.token["old_values"])
         adv, returns = gae(token_rewards, values, mask, self.pcfg.gamma, self.pcfg.gae_lambda)
         if self.pcfg.whiten_advantages:
-            adv = whiten(adv, mask)
+            adv = whiten(adv, mask, sum_over_processes=self.sum_over_processes)
         roll.token["advantages"] = ro.unpad(adv, lengths)
         roll.token["returns"] = ro.unpad(returns, lengths)
 

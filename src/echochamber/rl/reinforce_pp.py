@@ -20,4 +20,4 @@ class ReinforcePP(PolicyGradient):
         return rewards.clone()
 
     def finish_advantages(self, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return whiten(adv, mask)
+        return whiten(adv, mask, sum_over_processes=self.sum_over_processes)

@@ -34,6 +34,8 @@ class Rollout:
     rewards: torch.Tensor  # (P*G,)
     group_size: int
     token: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # name -> (P*G,) tensors of (T_i,)
+    offset: int = 0  # under torchrun: the global index of this process's first sample (its share of the step)
+    n_global: int = 0  # samples of the step over all processes (0 = len(self): one process)
     seconds_generate: float = 0.0
     seconds_grade: float = 0.0
 
@@ -45,15 +47,18 @@ class Rollout:
 
 
 def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleConfig, *, seed: int, mode: str,
-            reward_sees_prompt: bool, pool=None, max_rows: int = 512) -> Rollout:
+            reward_sees_prompt: bool, pool=None, chunk_prompts: int = 0, first_chunk: int = 0,
+            device="cpu") -> Rollout:
     """Sample scfg.n responses per problem and grade them (code runs in the sandbox pool). Generation runs in
-    chunks of at most max_rows sequences (Expert Iteration samples thousands per round)."""
+    calls of chunk_prompts prompts (0: as many as fit in 512 rows); call c is seeded with seed + 7919 * (first_chunk
+    + c), so a process sampling its share of a step draws what one process sampling the whole step draws."""
     t0 = time.perf_counter()
     prompts = tok.encode_batch([p.question for p in problems])
-    per_call = max(1, max_rows // scfg.n)
+    per_call = chunk_prompts or max(1, 512 // scfg.n)
     gens = []
     for c, start in enumerate(range(0, len(prompts), per_call)):
-        gens += generate(model, prompts[start:start + per_call], scfg, eos_id=tok.eos_id, seed=seed + 7919 * c)
+        gens += generate(model, prompts[start:start + per_call], scfg, eos_id=tok.eos_id,
+                         seed=seed + 7919 * (first_chunk + c))
     t1 = time.perf_counter()
     G = scfg.n
     texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
@@ -61,7 +66,7 @@ def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleCo
     prompt_texts = [problems[i // G].question if reward_sees_prompt else "" for i in range(len(gens))]
     graded = formats.grade_many(texts, [problems[i // G].answer for i in range(len(gens))], mode=mode, pool=pool,
                                 prompts=prompt_texts)
-    rewards = torch.tensor([reward(g) for g in graded], dtype=torch.float32)
+    rewards = torch.tensor([reward(g) for g in graded], dtype=torch.float32, device=device)
     t2 = time.perf_counter()
     return Rollout(problems=problems, prompt_tokens=[prompts[i // G] for i in range(len(gens))],
                    response_tokens=[g.tokens for g in gens], texts=texts, finished=[g.finished for g in gens],
@@ -89,21 +94,21 @@ class Batch:
 
 
 def make_batch(roll: Rollout, indices: list[int], pad_id: int, fields=(), device="cpu") -> Batch:
+    """The samples `indices` as one padded batch on `device` (one host-to-device copy of the tokens; the
+    per-token fields, already on the device, are scattered into place there)."""
     seqs = [roll.prompt_tokens[i] + roll.response_tokens[i] for i in indices]
     L = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L - 1), dtype=torch.float32)
-    for b, i in enumerate(indices):
-        p, r = len(roll.prompt_tokens[i]), len(roll.response_tokens[i])
-        idx[b, : p + r] = torch.tensor(seqs[b])
-        mask[b, p - 1: p - 1 + r] = 1.0
+    idx = torch.tensor([s + [pad_id] * (L - len(s)) for s in seqs], dtype=torch.long, device=device)  # (B, L)
+    starts = torch.tensor([len(roll.prompt_tokens[i]) - 1 for i in indices], device=device)  # first target
+    ends = starts + torch.tensor([len(roll.response_tokens[i]) for i in indices], device=device)
+    pos = torch.arange(L - 1, device=device)
+    mask = ((pos >= starts[:, None]) & (pos < ends[:, None])).float()  # (B, L-1)
     laid_out = {}
     for name in fields:
         out = torch.zeros_like(mask)
-        for b, i in enumerate(indices):
-            out[b][mask[b].bool()] = roll.token[name][i]
-        laid_out[name] = out.to(device)
-    return Batch(list(indices), idx.to(device), mask.to(device), laid_out)
+        out[mask.bool()] = torch.cat([roll.token[name][i] for i in indices]).to(device)  # row by row, in order
+        laid_out[name] = out
+    return Batch(list(indices), idx, mask, laid_out)
 
 
 def response_logprobs(model, batch: Batch, temperature: float = 1.0,
@@ -132,28 +137,32 @@ def score(fn, roll: Rollout, micro_batches: list[list[int]], pad_id: int, device
         batch = make_batch(roll, indices, pad_id, device=device)
         values = fn(batch)
         for b, i in enumerate(indices):
-            out[i] = values[b][batch.mask[b].bool()].float().cpu()
+            out[i] = values[b][batch.mask[b].bool()].float()
     return out  # type: ignore[return-value]
 
 
-def plan_minibatches(n: int, minibatch_size: int, micro_batch_size: int, epochs: int,
-                     gen: torch.Generator) -> list[list[list[int]]]:
-    """The update's layout: for each epoch a fresh shuffle cut into mini-batches (one optimizer step each), each
-    cut into micro-batches (one forward/backward each): plan[epoch][minibatch] = [micro index lists]."""
+def plan_minibatches(ids: list[int], minibatch_size: int, micro_batch_size: int, epochs: int, gen: torch.Generator,
+                     offset: int = 0, n_local: int | None = None) -> list[list[list[int]]]:
+    """The update's layout: for each epoch a fresh shuffle of the step's global sample ids cut into mini-batches
+    (one optimizer step each); this process keeps its own samples of each (ids offset .. offset + n_local - 1,
+    as local indices) cut into micro-batches (one forward/backward each): plan[epoch][minibatch] = [micro lists].
+    Every process draws the same shuffle, so together they take the optimizer steps one process would."""
     micro = micro_batch_size or minibatch_size
+    n_local = len(ids) if n_local is None else n_local
     plan = []
     for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).tolist()
-        mbs = [order[s: s + minibatch_size] for s in range(0, n, minibatch_size)]
-        plan.append([[mb[s: s + micro] for s in range(0, len(mb), micro)] for mb in mbs])
+        order = [ids[j] for j in torch.randperm(len(ids), generator=gen).tolist()]
+        mbs = [order[s: s + minibatch_size] for s in range(0, len(order), minibatch_size)]
+        local = [[g - offset for g in mb if offset <= g < offset + n_local] for mb in mbs]
+        plan.append([[mb[s: s + micro] for s in range(0, len(mb), micro)] for mb in local])
     return plan
 
 
 def pad_responses(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (T_i,) tensors -> right-padded (N, T) and its mask: the layout advantages are computed in."""
     T = max(1, max(len(v) for v in values))
-    out = torch.zeros(len(values), T)
-    mask = torch.zeros(len(values), T)
+    out = torch.zeros(len(values), T, device=values[0].device)
+    mask = torch.zeros(len(values), T, device=values[0].device)
     for i, v in enumerate(values):
         out[i, : len(v)] = v
         mask[i, : len(v)] = 1.0

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import distributed as dist
 from ..checkpoint import export_model, save_checkpoint
 from ..evaluate import evaluate, format_results, load_dataset, load_policy
 from ..formats import LABELS, format_stats
@@ -62,29 +63,31 @@ class PromptStream:
         return out
 
 
-def rollout_stats(roll: ro.Rollout) -> dict:
-    """What the paper watches per step: reward, accuracy, and the share and accuracy of each format."""
-    n = len(roll)
-    grouped = roll.rewards.view(-1, roll.group_size)
-    table = format_stats([g.label for g in roll.graded], [g.correct for g in roll.graded])
+def rollout_rows(roll: ro.Rollout) -> list[dict]:
+    """rollouts/step_N.jsonl: one row per sample, named like evaluation rows (question, response, ...)."""
+    return [{"question": roll.question(i).question, "response": roll.texts[i], "label": g.label,
+             "answer": g.answer, "gold": roll.question(i).answer, "correct": g.correct,
+             "reward": roll.rewards[i].item(), "finished": roll.finished[i], "tokens": len(roll.response_tokens[i])}
+            for i, g in enumerate(roll.graded)]
+
+
+def rollout_stats(rows: list[dict], group_size: int) -> dict:
+    """What the paper watches per step, from a step's rollout rows (groups of group_size samples in order):
+    reward, accuracy, length, truncation, groups without signal, and the share and accuracy of each format."""
+    n = len(rows)
+    rewards = torch.tensor([r["reward"] for r in rows]).view(-1, group_size)
+    table = format_stats([r["label"] for r in rows], [r["correct"] for r in rows])
     stats = {
-        "reward_mean": roll.rewards.mean().item(),
+        "reward_mean": rewards.mean().item(),
         "accuracy": table["all"]["accuracy"],
-        "response_len": sum(len(t) for t in roll.response_tokens) / n,
-        "truncation_rate": sum(not f for f in roll.finished) / n,
-        "zero_std_frac": (grouped.std(-1) == 0).float().mean().item() if roll.group_size > 1 else 0.0,
+        "response_len": sum(r["tokens"] for r in rows) / n,
+        "truncation_rate": sum(not r["finished"] for r in rows) / n,
+        "zero_std_frac": (rewards.std(-1) == 0).float().mean().item() if group_size > 1 else 0.0,
     }
     for lab in LABELS:
         stats[f"format_share/{lab}"] = table[lab]["share"]
         stats[f"format_acc/{lab}"] = table[lab]["accuracy"]
     return stats
-
-
-def rollout_rows(roll: ro.Rollout) -> list[dict]:
-    """rollouts/step_N.jsonl: one row per sample, named like evaluation rows (question, response, ...)."""
-    return [{"question": roll.question(i).question, "response": roll.texts[i], "label": g.label,
-             "answer": g.answer, "gold": roll.question(i).answer, "correct": g.correct,
-             "reward": roll.rewards[i].item(), "finished": roll.finished[i]} for i, g in enumerate(roll.graded)]
 
 
 def summarize(first: dict, last: dict, wall: float) -> dict:
@@ -124,11 +127,12 @@ def init_fingerprint(init_dir: Path) -> str:
     return f"{init_dir.resolve()}:{digest}"
 
 
-def build_algorithm(rcfg: RLConfig, model, init_dir: Path, *, pad_id: int, autocast, device, gen) -> PolicyGradient:
+def build_algorithm(rcfg: RLConfig, model, init_dir: Path, *, pad_id: int, autocast, device, gen,
+                    ctx: dist.DistContext | None = None) -> PolicyGradient:
     ref = None
     if rcfg.kl_coef > 0:
         ref = OLMo.load(init_dir, device).eval().requires_grad_(False)
-    kw = dict(pad_id=pad_id, autocast=autocast, device=device)
+    kw = dict(pad_id=pad_id, autocast=autocast, device=device, ctx=ctx)
     if rcfg.algo == "ppo":
         return PPO(rcfg, model, ref, critic_body=OLMo.load(init_dir, device), **kw)
     if rcfg.algo == "ei":
@@ -137,17 +141,20 @@ def build_algorithm(rcfg: RLConfig, model, init_dir: Path, *, pad_id: int, autoc
 
 
 def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True, allow_config_change: bool = False) -> dict:
-    """Run (or resume) RL described by RunConfig `cfg` into out_dir; returns the summary."""
-    with exclusive(Path(out_dir)):
-        return _run_rl(cfg, Path(out_dir), pool, progress, allow_config_change)
+    """Run (or resume) RL described by RunConfig `cfg` into out_dir; returns the summary. Under torchrun every
+    process samples and grades its share of each step's prompts (a prompt's samples stay together), the update
+    sums gradients over the processes, evaluation is split and gathered, and rank 0 writes the run folder."""
+    ctx = dist.init(cfg.device)
+    with exclusive(Path(out_dir), enabled=ctx.is_main):
+        return _run_rl(cfg, Path(out_dir), ctx, pool, progress and ctx.is_main, allow_config_change)
 
 
-def _run_rl(cfg, out_dir: Path, pool, progress: bool, allow_config_change: bool) -> dict:
+def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, allow_config_change: bool) -> dict:
     rcfg: RLConfig = cfg.rl
     t_start = time.perf_counter()
-    if rcfg.threads:
+    device = ctx.device
+    if rcfg.threads and device.type == "cpu":
         torch.set_num_threads(rcfg.threads)
-    device = torch.device("cpu")
     autocast = lambda: autocast_ctx(device, rcfg.autocast)  # noqa: E731
 
     init_dir = Path(rcfg.init) if rcfg.init else Path(cfg.out_dir) / "pretrain" / "model"
@@ -155,9 +162,9 @@ def _run_rl(cfg, out_dir: Path, pool, progress: bool, allow_config_change: bool)
     model, tok = load_policy(init_dir, device)
     shuffle_gen = torch.Generator().manual_seed(rcfg.seed)
     algo = build_algorithm(rcfg, model, init_dir, pad_id=tok.eos_id, autocast=autocast, device=device,
-                           gen=shuffle_gen)
+                           gen=shuffle_gen, ctx=ctx)
     if pool is None:
-        from ..rewards import shared_verifier
+        from ..verify import shared_verifier
         from ..sandbox import shared_pool
 
         pool = shared_pool(cfg.sandbox)
@@ -176,11 +183,18 @@ def _run_rl(cfg, out_dir: Path, pool, progress: bool, allow_config_change: bool)
     problems = load_dataset(rcfg.train_source, rcfg.train_problems, cfg, cfg.eval.data_path)
     per_step = per_step or len(problems)
     stream = PromptStream(len(problems), rcfg.seed)
+    # This process's share of every step's prompts, and how its generate calls line up with one process's.
+    mine = dist.share(per_step, ctx)
+    chunk = rcfg.rollout_chunk_prompts or (mine[1] - mine[0] if ctx.active else 0)
+    if chunk and mine[0] % chunk:
+        raise ValueError(f"rl.rollout_chunk_prompts={chunk} must divide each process's share of the "
+                         f"{per_step} prompts per step ({mine[1] - mine[0]} on rank {ctx.rank})")
+    first_chunk = mine[0] // chunk if chunk else 0
 
     ckpt_root, metrics_path, eval_root = out_dir / "checkpoints", out_dir / "metrics.jsonl", out_dir / "eval"
     step, wall_before = 0, 0.0
     fingerprint = init_fingerprint(init_dir)
-    state = start_or_resume(out_dir, cfg, "rl", model, algo.opt, device=device,
+    state = start_or_resume(out_dir, cfg, "rl", model, algo.opt, device=device, ctx=ctx,
                             allow_config_change=allow_config_change)
     if state is not None:
         if state["init"] != fingerprint and not allow_config_change:
@@ -194,62 +208,75 @@ def _run_rl(cfg, out_dir: Path, pool, progress: bool, allow_config_change: bool)
     def run_eval(at: int) -> dict:
         between = 0 < at < total_steps and cfg.eval.n_problems_between
         summary = evaluate(model, tok, cfg, step=at, out_root=eval_root, pool=pool, progress=progress,
-                           extra={"init": fingerprint},
+                           extra={"init": fingerprint}, ctx=ctx,
                            n_problems=cfg.eval.n_problems_between if between else None)
-        print(f"[eval step {at}]\n{format_results(summary)}", file=sys.stderr)
+        if ctx.is_main:
+            print(f"[eval step {at}]\n{format_results(summary)}", file=sys.stderr)
         return summary
 
     first_eval = eval_root / "step_000000.json"
-    if not first_eval.exists() or json.loads(first_eval.read_text()).get("init") != fingerprint:
+    stale = not first_eval.exists() or json.loads(first_eval.read_text()).get("init") != fingerprint
+    if any(dist.all_gather_objects(stale, ctx)):
         run_eval(0)  # (again, when the one there was made on other weights by an earlier, failed attempt)
 
-    from torch.utils.tensorboard import SummaryWriter
+    tb = None
+    if ctx.is_main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(out_dir / "tb"))
+        tb = SummaryWriter(str(out_dir / "tb"))
     bar = tqdm(total=total_steps, initial=step, desc=f"rl {rcfg.algo}", unit="round" if rcfg.algo == "ei" else "step",
                disable=not progress, dynamic_ncols=True)
     while step < total_steps:
         step += 1
-        batch = [problems[i] for i in stream.take(per_step)]
+        batch = [problems[i] for i in stream.take(per_step)][mine[0]:mine[1]]
         model.eval()
         roll = ro.collect(model, tok, batch, scfg, seed=rcfg.seed * 100_003 + step, mode=rcfg.mode,
-                          reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool)
+                          reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool, chunk_prompts=chunk,
+                          first_chunk=first_chunk, device=device)
+        roll.offset, roll.n_global = mine[0] * scfg.n, per_step * scfg.n
         t1 = time.perf_counter()
         model.train()
-        plan = algo.plan(len(roll), shuffle_gen)
+        plan = algo.plan(roll, shuffle_gen)
         algo.advantages(roll, plan)
         t2 = time.perf_counter()
         upd = algo.update(roll, plan)
         t3 = time.perf_counter()
+        rows = [r for part in dist.all_gather_objects(rollout_rows(roll), ctx) for r in part]
 
-        record = {"step": step, **rollout_stats(roll), **upd, "time/generation": roll.seconds_generate,
-                  "time/reward": roll.seconds_grade, "time/advantages": t2 - t1, "time/update": t3 - t2}
-        append_jsonl(metrics_path, record)
-        for k, v in record.items():
-            if k != "step" and v is not None:
-                tb.add_scalar(f"rl/{k}", v, step)
-        if rcfg.keep_rollouts:
-            write_jsonl(out_dir / "rollouts" / f"step_{step:06d}.jsonl", rollout_rows(roll))
-        bar.set_postfix(reward=f"{record['reward_mean']:.2f}",
-                        top=max(LABELS, key=lambda l: record[f"format_share/{l}"]))
+        if ctx.is_main:
+            record = {"step": step, **rollout_stats(rows, scfg.n), **upd, "time/generation": roll.seconds_generate,
+                      "time/reward": roll.seconds_grade, "time/advantages": t2 - t1, "time/update": t3 - t2}
+            append_jsonl(metrics_path, record)
+            for k, v in record.items():
+                if k != "step" and v is not None:
+                    tb.add_scalar(f"rl/{k}", v, step)
+            if rcfg.keep_rollouts:
+                write_jsonl(out_dir / "rollouts" / f"step_{step:06d}.jsonl", rows)
+            bar.set_postfix(reward=f"{record['reward_mean']:.2f}",
+                            top=max(LABELS, key=lambda l: record[f"format_share/{l}"]))
         bar.update(1)
 
         if step % eval_every == 0 or step == total_steps:
             run_eval(step)
         if step % ckpt_every == 0 or step == total_steps:
-            save_checkpoint(ckpt_root, model, {
-                "step": step, **trainer_state(algo.opt), "algo": algo.state_dict(), "init": fingerprint,
-                "shuffle_gen": shuffle_gen.get_state(), "prompt_position": stream.position,
-                "wall_seconds": wall_before + time.perf_counter() - t_start},
-                keep=1 if rcfg.keep_checkpoints != "all" else 1 << 30,
-                keep_step=(lambda s: is_log_spaced(s, ckpt_every)) if rcfg.keep_checkpoints == "log" else None)
+            if ctx.is_main:
+                save_checkpoint(ckpt_root, model, {
+                    "step": step, **trainer_state(algo.opt), "algo": algo.state_dict(), "init": fingerprint,
+                    "shuffle_gen": shuffle_gen.get_state(), "prompt_position": stream.position,
+                    "wall_seconds": wall_before + time.perf_counter() - t_start},
+                    keep=1 if rcfg.keep_checkpoints != "all" else 1 << 30,
+                    keep_step=(lambda s: is_log_spaced(s, ckpt_every)) if rcfg.keep_checkpoints == "log" else None)
+            dist.barrier(ctx)
     bar.close()
-    tb.close()
+    if tb:
+        tb.close()
 
-    export_model(model, init_dir / "tokenizer.json", out_dir / "final")
-    evals = sorted(eval_root.glob("step_*.json"))
-    summary = summarize(json.loads(evals[0].read_text()), json.loads(evals[-1].read_text()),
-                        wall_before + time.perf_counter() - t_start)
-    summary["algo"] = rcfg.algo
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    if ctx.is_main:
+        export_model(model, init_dir / "tokenizer.json", out_dir / "final")
+        evals = sorted(eval_root.glob("step_*.json"))
+        summary = summarize(json.loads(evals[0].read_text()), json.loads(evals[-1].read_text()),
+                            wall_before + time.perf_counter() - t_start)
+        summary["algo"] = rcfg.algo
+        atomic_write_json(out_dir / "summary.json", summary)
+    dist.barrier(ctx)
+    return json.loads((out_dir / "summary.json").read_text())
