@@ -125,11 +125,14 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
                             allow_config_change=allow_config_change, sharded=sharded)
     step, next_row = (state["step"], state["next_row"]) if state else (0, 0)
 
-    def savable() -> tuple[OLMo, dict]:
-        """The model and optimizer state as one process holds them (FSDP: gathered, a collective)."""
+    def savable() -> tuple[OLMo | None, dict]:
+        """The model and optimizer state as one process holds them (FSDP: gathered onto rank 0, a collective
+        every process calls; the others get None)."""
         if not sharded:
             return model, opt.state_dict()
         model_state, opt_state = dist.full_state(model, opt)
+        if not ctx.is_main:
+            return None, {}
         whole = OLMo(model_cfg)
         whole.load_state_dict(model_state)
         return whole, opt_state
