@@ -8,6 +8,11 @@ properties that matter for arithmetic and exact grading:
   - byte-level: all 256 bytes are in the base alphabet and there is no normaliser, so decode(encode(s)) == s
     for every string, including the model's own outputs that the grader parses.
 The end-of-document token `<|endoftext|>` is a special token: one id, never produced by merges.
+
+A tokenizer.json made elsewhere works too (`data.tokenizer`; the paper's is Llama-2's, vocab 32000): its EOS is
+found among the usual names ("</s>" for Llama-2) and so is its BOS ("<s>"), which echochamber's own tokenizer
+does not have. Documents never get a BOS (PAPER.md), but the authors' evaluation fed prompts through the Llama-2
+tokenizer's defaults, which prepend "<s>": `Tokenizer.bos_id` is what `eval.add_bos` prepends to reproduce it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from .runio import atomic_write_text
 EOS = "<|endoftext|>"
 # A tokenizer.json made elsewhere may end documents with another token (Llama-2, the paper's: "</s>").
 EOS_ALTERNATIVES = (EOS, "</s>", "<|end_of_text|>", "<eos>")
+# Beginning-of-sequence tokens of tokenizers made elsewhere (Llama-2: "<s>", id 1); echochamber's has none.
+BOS_ALTERNATIVES = ("<s>", "<|begin_of_text|>", "<bos>")
 
 
 class Tokenizer:
@@ -35,6 +42,9 @@ class Tokenizer:
             raise ValueError(f"tokenizer has no end-of-document token (one of {EOS_ALTERNATIVES})")
         self.eos_token: str = found[0]
         self.eos_id: int = hf.token_to_id(found[0])
+        bos = [t for t in BOS_ALTERNATIVES if hf.token_to_id(t) is not None]
+        self.bos_token: str | None = bos[0] if bos else None
+        self.bos_id: int | None = hf.token_to_id(bos[0]) if bos else None  # None: this tokenizer has no BOS
         self.vocab_size: int = hf.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
@@ -55,11 +65,22 @@ class Tokenizer:
         """Write tokenizer.json atomically (the format HF transformers' PreTrainedTokenizerFast reads)."""
         return atomic_write_text(path, self.hf.to_str(pretty=True))
 
+    def sha256(self) -> str:
+        """A fingerprint of everything that decides the ids (vocabulary, merges, pre-tokenizer, normaliser,
+        added tokens): the token caches of data.py are keyed by it."""
+        import hashlib
+
+        return hashlib.sha256(self.hf.to_str().encode()).hexdigest()
+
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path, what: str = "tokenizer file") -> "Tokenizer":
+        """Read a tokenizer.json (or the tokenizer.json inside a folder). `what` names the setting the path
+        came from in errors (e.g. "data.tokenizer")."""
         path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} not found")
+            raise FileNotFoundError(f"{what} {path} not found")
         try:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
