@@ -340,3 +340,21 @@ def test_mixtures_sharing_a_source_tokenize_it_once(tmp_path, monkeypatch):
 def test_missing_or_interrupted_dataset_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json not found"):
         PackedDataset(tmp_path, "train")
+
+
+def test_a_given_tokenizer_is_used_or_its_absence_is_an_error(tmp_path):
+    """data.tokenizer (the paper's Llama-2 tokenizer.json): a missing file stops the build with the key's name,
+    never a silently trained BPE; a Llama-style file gives documents that end with its </s>, with no <s>."""
+    from llama_like import save_llama_like
+
+    path = _jsonl(tmp_path / "a.jsonl", [{"question": r["prob"], "solution": r["sol"]} for r in _records(100, "q", 5)])
+    cfg = DataConfig(mixture=None, sources=[SourceConfig("a", "jsonl", path=str(path))], seq_len=32,
+                     val_fraction=0.1, vocab_size=32000, tokenizer=str(tmp_path / "llama" / "tokenizer.json"))
+    with pytest.raises(FileNotFoundError, match=r"data.tokenizer .*llama/tokenizer.json not found"):
+        build_dataset(cfg, tmp_path / "d", progress=False)
+    assert not (tmp_path / "d" / "tokenizer.json").exists()
+    save_llama_like([r["prob"] + "\n\n" + r["sol"] for r in _records(100, "q", 5)], tmp_path / "llama")
+    m = build_dataset(cfg, tmp_path / "d", progress=False)
+    assert (m["eos_id"], m["vocab_size"]) == (2, Tokenizer.load(tmp_path / "llama").vocab_size)
+    rows = PackedDataset(tmp_path / "d", "train").batch(0, 20).reshape(-1).tolist()
+    assert rows.count(2) >= 5 and 1 not in rows  # </s> ends documents; no <s> anywhere

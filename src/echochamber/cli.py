@@ -25,15 +25,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="quickstart",
                    help="YAML config: a path or a built-in name (default: quickstart)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rl.kl_coef=0.01")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (parameters, tokens, steps, batch, memory, checkpoint size, hours on 8 H100s) "
+                        "and exit")
 
 
 def _load(args):
     from .config import ConfigError, load_run_config
 
     try:
-        return load_run_config(args.config, args.overrides)
+        cfg = load_run_config(args.config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    if getattr(args, "dry_run", False):  # every stage with config arguments: the plan instead of the run
+        from .plan import PLANS
+
+        if args.command not in PLANS:
+            sys.exit(f"echochamber {args.command}: --dry-run plans data, pretrain and rl")
+        try:
+            print(PLANS[args.command](cfg))
+        except ValueError as e:
+            sys.exit(f"echochamber {args.command} --dry-run: {e}")
+        sys.exit(0)
+    return cfg
 
 
 def cmd_data(args) -> None:
@@ -126,22 +140,23 @@ def cmd_export_hf(args) -> None:
     from .model import OLMo
 
     model_dir = Path(args.model)
-    tok = model_dir / "tokenizer.json"
-    export_hf(OLMo.load(model_dir), args.out, tokenizer_path=tok if tok.exists() else None)
+    tok = model_dir / "tokenizer.json"  # its EOS / BOS (echochamber's or Llama-2's) go into the HF configs
+    try:
+        export_hf(OLMo.load(model_dir), args.out, tokenizer_path=tok if tok.exists() else None)
+    except ValueError as e:
+        sys.exit(f"export-hf: {e}")
     print(f"Hugging Face OlmoForCausalLM folder: {args.out}")
 
 
 def cmd_import_hf(args) -> None:
-    import shutil
+    from .hf import import_hf_folder
 
-    from .hf import import_hf
-
-    model = import_hf(args.hf_dir)
-    model.save(args.out)
-    tok = Path(args.hf_dir) / "tokenizer.json"
-    if tok.exists():
-        shutil.copy2(tok, Path(args.out) / "tokenizer.json")
-    print(f"echochamber model folder: {args.out}")
+    try:
+        model, tok = import_hf_folder(args.hf_dir, args.out)
+    except ValueError as e:
+        sys.exit(f"import-hf: {e}")
+    print(f"echochamber model folder: {args.out} ({model.num_params() / 1e6:.1f}M parameters, "
+          f"{model.config.preset}; EOS {tok.eos_token!r} = {tok.eos_id}, BOS {tok.bos_token!r} = {tok.bos_id})")
 
 
 def format_summary(s: dict) -> str:
@@ -209,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("out")
     p.set_defaults(fn=cmd_export_hf)
-    p = sub.add_parser("import-hf", help="read a Hugging Face OlmoForCausalLM folder into a model folder")
-    p.add_argument("hf_dir")
+    p = sub.add_parser("import-hf", help="read a Hugging Face OlmoForCausalLM folder (or hub id) into a model folder")
+    p.add_argument("hf_dir", help="a local HF folder with its tokenizer, or a hub id (needs huggingface_hub)")
     p.add_argument("out")
     p.set_defaults(fn=cmd_import_hf)
     return parser

@@ -17,6 +17,7 @@ tokenizer's defaults, which prepend "<s>": `Tokenizer.bos_id` is what `eval.add_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,16 +34,24 @@ BOS_ALTERNATIVES = ("<s>", "<|begin_of_text|>", "<bos>")
 
 
 class Tokenizer:
-    """A thin wrapper over `tokenizers.Tokenizer` exposing ids as plain lists and the EOS id."""
+    """A thin wrapper over `tokenizers.Tokenizer` exposing ids as plain lists and the EOS (and BOS) ids.
 
-    def __init__(self, hf: HFTokenizer):
+    EOS / BOS are the tokens named by `eos_token` / `bos_token` (Tokenizer.load reads them from a
+    tokenizer_config.json beside the file, as transformers writes it), else the first of EOS_ALTERNATIVES /
+    BOS_ALTERNATIVES in the vocabulary. A model's config.json is never asked: the paper's OLMo configs say
+    eos_token_id 0, which in the Llama-2 vocabulary is <unk>; its documents end with </s> (id 2)."""
+
+    def __init__(self, hf: HFTokenizer, eos_token: str | None = None, bos_token: str | None = None):
         self.hf = hf
-        found = [t for t in EOS_ALTERNATIVES if hf.token_to_id(t) is not None]
+        for name, token in (("eos_token", eos_token), ("bos_token", bos_token)):
+            if token is not None and hf.token_to_id(token) is None:
+                raise ValueError(f"{name} {token!r} is not in the tokenizer's vocabulary")
+        found = [eos_token] if eos_token else [t for t in EOS_ALTERNATIVES if hf.token_to_id(t) is not None]
         if not found:
             raise ValueError(f"tokenizer has no end-of-document token (one of {EOS_ALTERNATIVES})")
         self.eos_token: str = found[0]
         self.eos_id: int = hf.token_to_id(found[0])
-        bos = [t for t in BOS_ALTERNATIVES if hf.token_to_id(t) is not None]
+        bos = [bos_token] if bos_token else [t for t in BOS_ALTERNATIVES if hf.token_to_id(t) is not None]
         self.bos_token: str | None = bos[0] if bos else None
         self.bos_id: int | None = hf.token_to_id(bos[0]) if bos else None  # None: this tokenizer has no BOS
         self.vocab_size: int = hf.get_vocab_size(with_added_tokens=True)
@@ -50,9 +59,16 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Encode many texts; the Rust side spreads the batch over all cores."""
-        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False) -> list[list[int]]:
+        """Encode many texts; the Rust side spreads the batch over all cores. add_bos prepends BOS (`eval.add_bos`:
+        the authors' evaluation fed prompts to vLLM, whose Llama-2 tokenizer prepends <s>)."""
+        ids = [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+        if not add_bos:
+            return ids
+        if self.bos_id is None:
+            raise ValueError(f"add_bos: this tokenizer has no beginning-of-sequence token (none of "
+                             f"{BOS_ALTERNATIVES}, and no bos_token in a tokenizer_config.json)")
+        return [[self.bos_id] + x for x in ids]
 
     def decode(self, ids: Sequence[int]) -> str:
         # skip_special_tokens=False: a decoded training row shows its EOS markers where documents end.
@@ -70,12 +86,12 @@ class Tokenizer:
         added tokens): the token caches of data.py are keyed by it."""
         import hashlib
 
-        return hashlib.sha256(self.hf.to_str().encode()).hexdigest()
+        return hashlib.sha256(f"{self.hf.to_str()}\neos={self.eos_id}".encode()).hexdigest()
 
     @classmethod
     def load(cls, path: str | Path, what: str = "tokenizer file") -> "Tokenizer":
         """Read a tokenizer.json (or the tokenizer.json inside a folder). `what` names the setting the path
-        came from in errors (e.g. "data.tokenizer")."""
+        came from in errors (e.g. "data.tokenizer"). A tokenizer_config.json beside it names EOS and BOS."""
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
@@ -85,10 +101,20 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
+        special = {}
+        config = path.parent / "tokenizer_config.json"
+        if config.is_file():
+            try:
+                c = json.loads(config.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{config}: not valid JSON ({e})") from None
+            for key in ("eos_token", "bos_token"):
+                value = c.get(key)
+                special[key] = value.get("content") if isinstance(value, dict) else value
         try:
-            return cls(hf)
+            return cls(hf, **special)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise ValueError(f"{config if special else path}: {e}") from None
 
 
 def _empty_tokenizer() -> HFTokenizer:
