@@ -258,7 +258,9 @@ def _synthetic_slice(src: SourceConfig, cfg: DataConfig) -> tuple[int, int]:
 
 
 def source_identity(src: SourceConfig, cfg: DataConfig) -> dict:
-    """Everything that decides a resolved source's documents (not its repeat factor): the cache key's input."""
+    """Everything that decides a resolved source's documents (not its repeat factor): the cache key's input.
+    A hub source is keyed by its dataset key, split and n: a dataset changed on the hub keeps its old cache until
+    that cache folder is deleted."""
     ident = {"version": CACHE_VERSION, **dataclasses.asdict(src)}
     del ident["repeat"]
     if src.kind == "synthetic":
@@ -293,7 +295,7 @@ def tokenize_source(src: SourceConfig, cfg: DataConfig, tok: Tokenizer, folder: 
         lens: list[int] = []
         bar = tqdm(total=src.n, desc=f"tokenize {src.name}", unit="doc", disable=not progress, file=sys.stderr,
                    position=position, leave=True)
-        with open(tmp / "tokens.bin", "wb") as f:
+        with bar, open(tmp / "tokens.bin", "wb") as f:
             for chunk in _chunks(iter_documents(src, cfg), 4096):
                 flat: list[int] = []
                 for ids in tok.encode_batch(chunk):
@@ -302,7 +304,6 @@ def tokenize_source(src: SourceConfig, cfg: DataConfig, tok: Tokenizer, folder: 
                     lens.append(len(ids) + 1)
                 np.asarray(flat, dtype).tofile(f)
                 bar.update(len(chunk))
-        bar.close()
         if not lens:
             raise ValueError(f"source {src.name!r} has no documents")
         np.save(tmp / "doc_lens.npy", np.asarray(lens, np.int64))

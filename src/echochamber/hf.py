@@ -138,14 +138,14 @@ def export_hf(model: OLMo, out_dir: str | Path, tokenizer_path: str | Path | Non
     atomic_write_json(out_dir / "generation_config.json",
                       {"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "bos_token_id": bos_token_id})
     if tok is not None:
-        atomic_write_bytes(out_dir / "tokenizer.json", Path(tok_file(tokenizer_path)).read_bytes())
+        atomic_write_bytes(out_dir / "tokenizer.json", Path(_tokenizer_file(tokenizer_path)).read_bytes())
         atomic_write_json(out_dir / "tokenizer_config.json",
                           {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": tok.eos_token,
                            "bos_token": tok.bos_token, "pad_token": tok.eos_token,
                            "model_max_length": model.config.max_seq_len})
 
 
-def tok_file(path: str | Path) -> Path:
+def _tokenizer_file(path: str | Path) -> Path:
     """A tokenizer path as Tokenizer.load reads it: a tokenizer.json, or the one inside a folder."""
     path = Path(path)
     return path / "tokenizer.json" if path.is_dir() else path

@@ -213,11 +213,12 @@ def _prompt_tokens(cfg, problems) -> tuple[float, str]:
     from .tokenizer import Tokenizer
 
     init = Path(cfg.rl.init) if cfg.rl.init else Path(cfg.out_dir) / "pretrain" / "model"
-    for path, what in ((init / "tokenizer.json", f"{init}'s tokenizer"),
-                       (Path(cfg.data.tokenizer or "/nonexistent"), "data.tokenizer")):
+    candidates = [(init / "tokenizer.json", f"{init}'s tokenizer")]
+    if cfg.data.tokenizer:
+        candidates.append((Path(cfg.data.tokenizer), "data.tokenizer"))
+    for path, what in candidates:
         if path.exists():
-            tok = Tokenizer.load(path)
-            ids = tok.encode_batch([p.question for p in problems])
+            ids = Tokenizer.load(path).encode_batch([p.question for p in problems])
             return sum(map(len, ids)) / len(ids), what
     return sum(len(p.question) for p in problems) / len(problems) / 4, "characters / 4: no tokenizer here yet"
 

@@ -17,6 +17,7 @@ tokenizer's defaults, which prepend "<s>": `Tokenizer.bos_id` is what `eval.add_
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -83,9 +84,7 @@ class Tokenizer:
 
     def sha256(self) -> str:
         """A fingerprint of everything that decides the ids (vocabulary, merges, pre-tokenizer, normaliser,
-        added tokens): the token caches of data.py are keyed by it."""
-        import hashlib
-
+        added tokens) and of the EOS that ends documents: the token caches of data.py are keyed by it."""
         return hashlib.sha256(f"{self.hf.to_str()}\neos={self.eos_id}".encode()).hexdigest()
 
     @classmethod
