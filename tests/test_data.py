@@ -296,6 +296,9 @@ def test_packed_dataset_batches_are_deterministic_and_wrap(tmp_path):
     # A changed config rebuilds in place.
     m3 = build_dataset(dataclasses.replace(cfg2, seq_len=16), tmp_path / "d2", progress=False)
     assert m3["config"]["seq_len"] == 16 and PackedDataset(tmp_path / "d2", "train").batch(0, 2).shape == (2, 17)
+    # Without data.tokenizer: the BPE trained for this mixture is found again, and so are its token caches.
+    m4 = build_dataset(dataclasses.replace(cfg, seq_len=16), tmp_path / "d3", progress=False)
+    assert m4["tokenizer_sha256"] == m["tokenizer_sha256"] and m4["timing"]["encoded_tokens"] == 0
 
 
 def test_mixtures_sharing_a_source_tokenize_it_once(tmp_path, monkeypatch):
@@ -326,11 +329,12 @@ def test_mixtures_sharing_a_source_tokenize_it_once(tmp_path, monkeypatch):
     assert [c["reused"] for c in m2["caches"]] == [True, False] and m1["caches"][1]["dir"].endswith(
         Path(m2["caches"][0]["dir"]).name)
     assert m2["sources"]["beta"]["tokens"]["train"] == 2 * m1["sources"]["beta"]["tokens"]["train"]
-    assert len({p.name for p in (tmp_path / "cache").iterdir()}) == 3  # alpha, beta, gamma: one folder each
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 3  # alpha, beta, gamma: one cache each
 
     # A cold build of the second mixture in a fresh cache gives the same rows.
     encoded.clear()
-    build_dataset(mixture("2xbeta", "gamma", cache_dir=str(tmp_path / "cold")), tmp_path / "bg_cold", progress=False)
+    cold = dataclasses.replace(mixture("2xbeta", "gamma", cache_dir=str(tmp_path / "cold")), workers=2)
+    build_dataset(cold, tmp_path / "bg_cold", progress=False)  # both sources tokenized side by side
     assert sorted(set(encoded)) == ["beta", "gamma"]
     a, b = PackedDataset(tmp_path / "bg", "train"), PackedDataset(tmp_path / "bg_cold", "train")
     assert a.n_sequences == b.n_sequences and np.array_equal(a.batch(0, a.n_sequences), b.batch(0, b.n_sequences))

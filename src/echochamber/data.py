@@ -353,16 +353,25 @@ def _chunks(it: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def load_data_tokenizer(cfg: DataConfig, sources: list[SourceConfig], progress: bool) -> Tokenizer:
+def load_data_tokenizer(cfg: DataConfig, sources: list[SourceConfig], cache_root: Path, progress: bool) -> Tokenizer:
     """The mixture's tokenizer: `data.tokenizer` (a missing file is an error, never a reason to train one), or a
-    BPE trained on the first documents of every source (each source an equal share)."""
+    BPE trained on the first documents of every source (each source an equal share). A trained one is kept in
+    CACHE_DIR/tokenizers/, keyed by the sources and the training settings (training is deterministic), so a
+    rebuild of the same mixture with other rows finds it, and with it its token caches."""
     if cfg.tokenizer:
         return Tokenizer.load(cfg.tokenizer, what="data.tokenizer")
     per_source = max(1, cfg.tokenizer_docs // len(sources))
+    key = hashlib.sha256(json.dumps([[source_identity(s, cfg) for s in sources], cfg.vocab_size, per_source],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root / "tokenizers" / f"bpe{cfg.vocab_size}-{key}.json"
+    if path.exists():
+        return Tokenizer.load(path)
     if progress:
         print(f"training a {cfg.vocab_size}-token BPE on up to {per_source} documents per source", file=sys.stderr)
-    return train_tokenizer(itertools.chain.from_iterable(
+    tok = train_tokenizer(itertools.chain.from_iterable(
         itertools.islice(iter_documents(s, cfg), per_source) for s in sources), cfg.vocab_size)
+    tok.save(path)
+    return tok
 
 
 def build_dataset(cfg: DataConfig, out_dir: str | Path, *, force: bool = False, progress: bool = True) -> dict:
@@ -391,7 +400,7 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, force: bool = False, 
     t0 = time.perf_counter()
 
     # 1. Tokenizer.
-    tok = load_data_tokenizer(cfg, sources, progress)
+    tok = load_data_tokenizer(cfg, sources, cache_root, progress)
     tok.save(out_dir / "tokenizer.json")
     tok_sha = tok.sha256()
     dtype = np.dtype(np.uint16 if tok.vocab_size < 2**16 else np.uint32)
