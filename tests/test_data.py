@@ -1,4 +1,5 @@
-"""Mixtures -> packed shards: naming, per-source accounting, document layout, exact resumable reading, errors."""
+"""Mixtures -> token caches + index: naming, per-source accounting, document layout, caches shared between
+mixtures, exact resumable reading, errors."""
 
 import dataclasses
 import json
@@ -183,7 +184,7 @@ def test_local_jsonl_and_parquet_mixture(tmp_path):
     src = dict(question_field="prob", solution_field="sol")
     cfg = DataConfig(mixture="a_2xb", sources=[SourceConfig("a", "jsonl", path=str(a), keep_field="ok", **src),
                                                SourceConfig("b", "parquet", path=str(b), **src)],
-                     seq_len=64, vocab_size=300, val_fraction=0.1, shard_sequences=50)
+                     seq_len=64, vocab_size=300, val_fraction=0.1)
     out = tmp_path / "data"
     m = build_dataset(cfg, out, progress=False)
 
@@ -197,7 +198,10 @@ def test_local_jsonl_and_parquet_mixture(tmp_path):
         assert sum(s["tokens"][split] for s in m["sources"].values()) == info["tokens"] + info["dropped_tokens"]
         assert info["dropped_tokens"] < cfg.seq_len + 1
         assert info["sequences"] == PackedDataset(out, split).n_sequences
-    assert len(m["splits"]["train"]["shards"]) == -(-m["splits"]["train"]["sequences"] // 50)
+    # The index, not a copy: the mixture folder holds no tokens, each cache holds each distinct document once.
+    assert [c["tokens"] for c in m["caches"]] == [sa["tokens_per_copy"] + sa["tokens"]["val"],
+                                                   sb["tokens_per_copy"] + sb["tokens"]["val"]]
+    assert m["splits"]["train"]["documents"] == sa["documents"]["train"] + 2 * sb["documents"]["train"]
 
     docs, n_eos = _decode_documents(out, "train")
     whole = docs[1:-1]  # the first and last piece may be cut by the packing
@@ -245,7 +249,8 @@ def test_file_errors_name_file_line_and_field(tmp_path):
         with pytest.raises((ValueError, KeyError), match=message):
             build_dataset(cfg, tmp_path / "out", progress=False)
         assert not (tmp_path / "out" / "manifest.json").exists()
-        assert not list((tmp_path / "out").glob(".tokens.*"))  # the temporary token file is cleaned up
+        assert not list((tmp_path / "token_cache").glob("*.tmp.*"))  # the unfinished cache is cleaned up
+        assert not list((tmp_path / "token_cache").glob("*/meta.json"))  # and never counts as complete
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -259,34 +264,101 @@ def test_file_errors_name_file_line_and_field(tmp_path):
 def test_packed_dataset_batches_are_deterministic_and_wrap(tmp_path):
     path = _jsonl(tmp_path / "a.jsonl", [{"question": r["prob"], "solution": r["sol"]} for r in _records(200, "q", 3)])
     cfg = DataConfig(mixture=None, sources=[SourceConfig("a", "jsonl", path=str(path))], seq_len=32,
-                     vocab_size=300, shard_sequences=7, val_fraction=0.1)
-    build_dataset(cfg, tmp_path / "d", progress=False)
+                     vocab_size=300, val_fraction=0.1)
+    m = build_dataset(cfg, tmp_path / "d", progress=False)
     ds = PackedDataset(tmp_path / "d", "train")
     n = ds.n_sequences
-    assert len(ds.shards) > 3  # rows are gathered across shard boundaries
-    everything = np.concatenate([np.asarray(s) for s in ds.shards])
+    # The rows are the split's document occurrences, in index order, concatenated and cut every 33 tokens.
+    cache = ds.caches[0]
+    starts, ends = np.load(tmp_path / "d" / "train_starts.npy"), np.load(tmp_path / "d" / "train_ends.npy")
+    stream = np.concatenate([cache.tokens[s:s + e - p] for s, e, p in zip(starts, ends, np.r_[0, ends[:-1]])])
+    everything = stream[:n * 33].reshape(n, 33)
+    assert len(stream) == n * 33 + m["splits"]["train"]["dropped_tokens"]
+    assert np.array_equal(ds.batch(0, n).numpy(), everything)
     b = ds.batch(n - 5, 12)
     assert b.shape == (12, 33) and str(b.dtype) == "torch.int64"
     assert np.array_equal(b.numpy(), everything[[*range(n - 5, n), *range(7)]])
     assert np.array_equal(ds.batch(n - 5, 12), PackedDataset(tmp_path / "d", "train").batch(n - 5, 12))
     assert np.array_equal(ds.batch(3 + 2 * n, 4), ds.batch(3, 4))  # positions past the end wrap modulo n
     assert ds.vocab_size == load_manifest(tmp_path / "d")["vocab_size"] and int(b.max()) < ds.vocab_size
-    # Unigram entropy: between 0 and log(vocab), and equal to the frequencies computed here directly.
-    p = np.bincount(everything.ravel(), minlength=ds.vocab_size) / everything.size
+    # Unigram entropy: between 0 and log(vocab), and the frequencies of the split's tokens (the dropped tail,
+    # less than one row, is counted too: hence the tolerance).
+    p = np.bincount(stream, minlength=ds.vocab_size) / stream.size
     h = unigram_entropy(tmp_path / "d")
-    assert h == pytest.approx(-(p[p > 0] * np.log(p[p > 0])).sum()) and 0 < h < np.log(ds.vocab_size)
+    assert h == pytest.approx(-(p[p > 0] * np.log(p[p > 0])).sum(), rel=1e-9) and 0 < h < np.log(ds.vocab_size)
 
-    # Rebuilding elsewhere with the saved tokenizer gives the same rows (vocab_size is then the tokenizer's).
+    # Rebuilding elsewhere with the saved tokenizer gives the same rows (vocab_size is then the tokenizer's),
+    # from the same token cache (same source, same tokenizer).
     cfg2 = dataclasses.replace(cfg, tokenizer=str(tmp_path / "d" / "tokenizer.json"), vocab_size=999)
-    build_dataset(cfg2, tmp_path / "d2", progress=False)
+    m2 = build_dataset(cfg2, tmp_path / "d2", progress=False)
+    assert [c["reused"] for c in m2["caches"]] == [True] and m2["timing"]["encoded_tokens"] == 0
     assert np.array_equal(PackedDataset(tmp_path / "d2", "train").batch(0, n), ds.batch(0, n))
-    # A changed config rebuilds in place, and the extra shards of the earlier build are removed.
-    m = build_dataset(dataclasses.replace(cfg2, shard_sequences=1000), tmp_path / "d2", progress=False)
-    assert sorted(p.name for p in (tmp_path / "d2").glob("*.npy")) == ["train_00000.npy", "val_00000.npy"]
-    assert np.array_equal(PackedDataset(tmp_path / "d2", "train").batch(0, n), ds.batch(0, n))
-    assert m["config"]["shard_sequences"] == 1000
+    # A changed config rebuilds in place.
+    m3 = build_dataset(dataclasses.replace(cfg2, seq_len=16), tmp_path / "d2", progress=False)
+    assert m3["config"]["seq_len"] == 16 and PackedDataset(tmp_path / "d2", "train").batch(0, 2).shape == (2, 17)
+    # Without data.tokenizer: the BPE trained for this mixture is found again, and so are its token caches.
+    m4 = build_dataset(dataclasses.replace(cfg, seq_len=16), tmp_path / "d3", progress=False)
+    assert m4["tokenizer_sha256"] == m["tokenizer_sha256"] and m4["timing"]["encoded_tokens"] == 0
+
+
+def test_mixtures_sharing_a_source_tokenize_it_once(tmp_path, monkeypatch):
+    """Two mixtures that share a source, with one tokenizer: the shared source is encoded by the first build
+    only; the second reads its cache, and its rows hold the same documents as a cold build of that mixture."""
+    files = {name: _jsonl(tmp_path / f"{name}.jsonl", [{"question": r["prob"], "solution": r["sol"]}
+                                                        for r in _records(150, name, seed)])
+             for seed, name in enumerate(("alpha", "beta", "gamma"))}
+    base = DataConfig(mixture=None, seq_len=64, val_fraction=0.1, cache_dir=str(tmp_path / "cache"))
+    warm = build_dataset(dataclasses.replace(base, sources=[SourceConfig("alpha", "jsonl", path=str(files["alpha"]))]),
+                         tmp_path / "tok", progress=False)  # only to get a tokenizer for both mixtures
+    base.tokenizer = str(tmp_path / "tok" / "tokenizer.json")
+
+    encoded: list[str] = []  # the first word ("alpha", "beta", ...) of every document handed to the tokenizer
+    real = Tokenizer.encode_batch
+    monkeypatch.setattr(Tokenizer, "encode_batch",
+                        lambda self, texts: (encoded.extend(t.split()[0] for t in texts), real(self, texts))[1])
+
+    def mixture(*parts, cache_dir=base.cache_dir):  # "2xbeta": source beta, two copies
+        return dataclasses.replace(base, cache_dir=cache_dir, mixture="_".join(parts), sources=[
+            SourceConfig(key, "jsonl", path=str(files[key])) for key, _ in parse_mixture_name("_".join(parts), tuple(files))])
+
+    m1 = build_dataset(mixture("alpha", "beta"), tmp_path / "ab", progress=False)
+    assert sorted(set(encoded)) == ["beta"] and len(encoded) == 150  # alpha was cached by the first build
+    encoded.clear()
+    m2 = build_dataset(mixture("2xbeta", "gamma"), tmp_path / "bg", progress=False)
+    assert sorted(set(encoded)) == ["gamma"] and len(encoded) == 150  # beta: tokenized once for both mixtures
+    assert [c["reused"] for c in m2["caches"]] == [True, False] and m1["caches"][1]["dir"].endswith(
+        Path(m2["caches"][0]["dir"]).name)
+    assert m2["sources"]["beta"]["tokens"]["train"] == 2 * m1["sources"]["beta"]["tokens"]["train"]
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 3  # alpha, beta, gamma: one cache each
+
+    # A cold build of the second mixture in a fresh cache gives the same rows.
+    encoded.clear()
+    cold = dataclasses.replace(mixture("2xbeta", "gamma", cache_dir=str(tmp_path / "cold")), workers=2)
+    build_dataset(cold, tmp_path / "bg_cold", progress=False)  # both sources tokenized side by side
+    assert sorted(set(encoded)) == ["beta", "gamma"]
+    a, b = PackedDataset(tmp_path / "bg", "train"), PackedDataset(tmp_path / "bg_cold", "train")
+    assert a.n_sequences == b.n_sequences and np.array_equal(a.batch(0, a.n_sequences), b.batch(0, b.n_sequences))
+    assert warm["caches"][0]["reused"] is False
 
 
 def test_missing_or_interrupted_dataset_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json not found"):
         PackedDataset(tmp_path, "train")
+
+
+def test_a_given_tokenizer_is_used_or_its_absence_is_an_error(tmp_path):
+    """data.tokenizer (the paper's Llama-2 tokenizer.json): a missing file stops the build with the key's name,
+    never a silently trained BPE; a Llama-style file gives documents that end with its </s>, with no <s>."""
+    from llama_like import save_llama_like
+
+    path = _jsonl(tmp_path / "a.jsonl", [{"question": r["prob"], "solution": r["sol"]} for r in _records(100, "q", 5)])
+    cfg = DataConfig(mixture=None, sources=[SourceConfig("a", "jsonl", path=str(path))], seq_len=32,
+                     val_fraction=0.1, vocab_size=32000, tokenizer=str(tmp_path / "llama" / "tokenizer.json"))
+    with pytest.raises(FileNotFoundError, match=r"data.tokenizer .*llama/tokenizer.json not found"):
+        build_dataset(cfg, tmp_path / "d", progress=False)
+    assert not (tmp_path / "d" / "tokenizer.json").exists()
+    save_llama_like([r["prob"] + "\n\n" + r["sol"] for r in _records(100, "q", 5)], tmp_path / "llama")
+    m = build_dataset(cfg, tmp_path / "d", progress=False)
+    assert (m["eos_id"], m["vocab_size"]) == (2, Tokenizer.load(tmp_path / "llama").vocab_size)
+    rows = PackedDataset(tmp_path / "d", "train").batch(0, 20).reshape(-1).tolist()
+    assert rows.count(2) >= 5 and 1 not in rows  # </s> ends documents; no <s> anywhere

@@ -87,3 +87,56 @@ def test_foreign_tokenizer_eos(tmp_path):
     hf.save(str(tmp_path / "llama_like.json"))
     tok = Tokenizer.load(tmp_path / "llama_like.json")
     assert (tok.eos_token, tok.eos_id, tok.vocab_size) == ("</s>", 2, 3)
+
+
+# ----------------------------------------------------------------------------- a Llama-2-style tokenizer.json
+
+def test_llama_style_tokenizer_eos_bos_and_no_implicit_bos(tmp_path):
+    """The paper's tokenizer layout (built locally, tests/llama_like.py): EOS </s> = 2 and BOS <s> = 1 come from
+    the tokenizer; encode never adds <s> (documents have no BOS); add_bos adds it as the authors' evaluation did."""
+    from llama_like import save_llama_like
+
+    path = save_llama_like(CORPUS, tmp_path / "llama")
+    tok = Tokenizer.load(path)
+    assert (tok.eos_token, tok.eos_id, tok.bos_token, tok.bos_id) == ("</s>", 2, "<s>", 1)
+    text = "Janet has 16 eggs. How many are left?"
+    ids = tok.encode(text)
+    assert 1 not in ids and tok.decode(ids) == text
+    # What HF `tokenizer(text)` (and vLLM) give by default: the post-processor's <s> in front.
+    assert tok.hf.encode(text).ids == [1] + ids == tok.encode_batch([text], add_bos=True)[0]
+    assert tok.encode_batch([text, "x"]) == [ids, tok.encode("x")]
+    # Characters outside the learned pieces fall back to bytes and still round-trip.
+    assert tok.decode(tok.encode("数学 😀")) == "数学 😀"
+    # The folder works as well as the file.
+    assert Tokenizer.load(tmp_path / "llama").sha256() == tok.sha256()
+
+
+def test_tokenizer_config_names_eos_and_bos(tmp_path):
+    import json
+
+    from llama_like import save_llama_like
+
+    path = save_llama_like(CORPUS, tmp_path / "t")
+    config = tmp_path / "t" / "tokenizer_config.json"
+    config.write_text(json.dumps({"eos_token": {"content": "<unk>"}, "bos_token": None}))
+    tok = Tokenizer.load(path)
+    assert (tok.eos_token, tok.eos_id, tok.bos_token) == ("<unk>", 0, "<s>")  # named EOS; BOS by its usual name
+    config.write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: eos_token '<\|im_end\|>' is not in the tokenizer"):
+        Tokenizer.load(path)
+    with pytest.raises(ValueError, match="add_bos: this tokenizer has no beginning-of-sequence token"):
+        train_tokenizer(CORPUS, vocab_size=300).encode_batch(["a"], add_bos=True)
+
+
+def test_foreign_tokenizer_matches_transformers(tmp_path):
+    """Our ids for a Llama-style tokenizer.json equal transformers' PreTrainedTokenizerFast's (with and without
+    the BOS), so data built here and prompts built by HF tooling agree."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (the 'test' extra)")
+    from llama_like import save_llama_like
+
+    path = save_llama_like(CORPUS, tmp_path / "t")
+    ours = Tokenizer.load(path)
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<s>", eos_token="</s>")
+    for text in CORPUS[:3] + ["  two leading spaces", "tab\tand 12345"]:
+        assert theirs(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+        assert theirs(text)["input_ids"] == ours.encode_batch([text], add_bos=True)[0]

@@ -26,6 +26,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="quickstart",
                    help="YAML config: a path or a built-in name (default: quickstart)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rl.kl_coef=0.01")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (parameters, tokens, steps, batch, memory, checkpoint size, hours on 8 H100s) "
+                        "and exit")
 
 
 def _add_resume_args(p: argparse.ArgumentParser) -> None:
@@ -36,7 +39,15 @@ def _add_resume_args(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from .config import load_run_config
 
-    return load_run_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
+    if getattr(args, "dry_run", False):  # every stage with config arguments: the plan instead of the run
+        from .plan import PLANS
+
+        if args.command not in PLANS:
+            sys.exit(f"echochamber {args.command}: --dry-run plans data, pretrain and rl")
+        print(PLANS[args.command](cfg))
+        sys.exit(0)
+    return cfg
 
 
 def cmd_data(args) -> None:
@@ -69,7 +80,7 @@ def cmd_sample(args) -> None:
     scfg = SampleConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=args.temperature,
                         top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1, dtype=cfg.eval.sample_dtype)
     texts = [t[0] for t in generate_texts(model, tok, [p.question for p in problems], scfg, cfg.seed,
-                                          cfg.eval.batch_prompts, "sample")]
+                                          cfg.eval.batch_prompts, "sample", add_bos=cfg.eval.add_bos)]
     graded = formats.grade_many(texts, [p.answer for p in problems], mode=cfg.eval.mode)
     for p, t, g in list(zip(problems, texts, graded))[: args.show]:
         print(f"--- {p.id}  label={g.label} answer={g.answer} gold={p.answer} correct={g.correct}")
@@ -142,22 +153,23 @@ def cmd_export_hf(args) -> None:
     from .model import OLMo
 
     model_dir = Path(args.model)
-    tok = model_dir / "tokenizer.json"
-    export_hf(OLMo.load(model_dir), args.out, tokenizer_path=tok if tok.exists() else None)
+    tok = model_dir / "tokenizer.json"  # its EOS / BOS (echochamber's or Llama-2's) go into the HF configs
+    try:
+        export_hf(OLMo.load(model_dir), args.out, tokenizer_path=tok if tok.exists() else None)
+    except ValueError as e:
+        sys.exit(f"export-hf: {e}")
     print(f"Hugging Face OlmoForCausalLM folder: {args.out}")
 
 
 def cmd_import_hf(args) -> None:
-    import shutil
+    from .hf import import_hf_folder
 
-    from .hf import import_hf
-
-    model = import_hf(args.hf_dir)
-    model.save(args.out)
-    tok = Path(args.hf_dir) / "tokenizer.json"
-    if tok.exists():
-        shutil.copy2(tok, Path(args.out) / "tokenizer.json")
-    print(f"echochamber model folder: {args.out}")
+    try:
+        model, tok = import_hf_folder(args.hf_dir, args.out)
+    except ValueError as e:
+        sys.exit(f"import-hf: {e}")
+    print(f"echochamber model folder: {args.out} ({model.num_params() / 1e6:.1f}M parameters, "
+          f"{model.config.preset}; EOS {tok.eos_token!r} = {tok.eos_id}, BOS {tok.bos_token!r} = {tok.bos_id})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("out")
     p.set_defaults(fn=cmd_export_hf)
-    p = sub.add_parser("import-hf", help="read a Hugging Face OlmoForCausalLM folder into a model folder")
-    p.add_argument("hf_dir")
+    p = sub.add_parser("import-hf", help="read a Hugging Face OlmoForCausalLM folder (or hub id) into a model folder")
+    p.add_argument("hf_dir", help="a local HF folder with its tokenizer, or a hub id (needs huggingface_hub)")
     p.add_argument("out")
     p.set_defaults(fn=cmd_import_hf)
     return parser

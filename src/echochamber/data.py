@@ -1,4 +1,4 @@
-"""Pretraining data: mixtures of sources -> tokenizer -> tokenized, packed, memory-mapped shards.
+"""Pretraining data: mixtures of sources -> tokenizer -> per-source token caches -> an index that packs rows.
 
 A mixture is a list of sources with repeat factors, named as in the paper: `as_fm3_tg_4xomi1` is Algebraic-Stack,
 FineMath-3+, TinyGSM and four full copies of OpenMathInstruct-1, all seen in one epoch. Every document is
@@ -12,27 +12,36 @@ share a problem, even with the names changed (separate seeds per source would sh
 A source's problems therefore depend on the synthetic sources listed before it in the mixture.
 `share_problems: true` renders the same problems in every format instead.
 
-`build_dataset` writes to OUT_DIR:
-  tokenizer.json                   byte-level BPE, single-digit tokens, `<|endoftext|>` = EOS
-  train_00000.npy, ...             (rows, seq_len + 1) uint16/uint32; input = row[:-1], target = row[1:]
-  val_00000.npy, ...               the same for the held-out documents
+Each source is tokenized ONCE per tokenizer into a token cache, CACHE_DIR/<source>-<key>/ (see "token caches"
+below); the ten mixtures of the paper's 150M sweep share their as, fm3 and tg caches. `build_dataset` writes to
+OUT_DIR:
+  tokenizer.json                   the mixture's tokenizer (given by data.tokenizer, or a BPE trained here)
+  train_starts.npy, train_ends.npy the index of the train split: per document occurrence (repeats included, in
+                                   shuffled order), where its tokens start in the caches and where it ends in the
+                                   split's token stream
+  val_starts.npy, val_ends.npy     the same for the held-out documents
   manifest.json                    written LAST: its presence means the dataset is complete
-Documents are held out for validation before packing (before repeats: no copy of a val document is trained on);
-the document order, repeats included, is shuffled with the seed, so rows mix sources and the copies of a repeated
-document land in different rows; documents are then concatenated and cut into rows (as OLMo does: a row can
-start mid-document; the tail shorter than a row is dropped and counted in the manifest).
+Documents are held out for validation per source before repeats (no copy of a val document is trained on);
+the order of all occurrences is shuffled with the seed, so rows mix sources and the copies of a repeated
+document land in different rows. PackedDataset reads the split as one stream cut into rows of seq_len + 1
+tokens (as OLMo does: a row can start mid-document; the tail shorter than a row is dropped and counted).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
 import random
 import re
+import shutil
 import sys
+import threading
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -84,7 +93,10 @@ class DataConfig:
     val_fraction: float = 0.02  # share of each source's documents held out for validation (not repeated)
     seed: int | None = None  # document split and shuffle (and the synthetic sources' problem draws); None = the
     # run's top-level `seed` (0 outside a run config)
-    shard_sequences: int = 65536  # rows per shard file
+    cache_dir: str | None = None  # per-source token caches, shared by every mixture built with the same folder;
+    # None = OUT_DIR/token_cache (beside OUT_DIR/data). Point several runs at one folder to tokenize each source once.
+    workers: int = 0  # sources tokenized side by side (threads); 0 = one per 4 CPU cores (each encode already uses
+    # every core; more threads overlap reading and parsing one source's records with encoding another's)
 
 
 # ----------------------------------------------------------------------------- mixtures
@@ -211,19 +223,122 @@ _STREAM: dict[str, list[SyntheticProblem]] = {}
 
 def _synthetic_problems(src: SourceConfig, cfg: DataConfig) -> list[SyntheticProblem]:
     """A synthetic source's problems: its own slice of one train stream (or the stream's start when shared)."""
+    start, total = _synthetic_slice(src, cfg)
+    key = json.dumps(dataclasses.asdict(cfg.synthetic), sort_keys=True)
+    with _STREAM_LOCK:  # sources are tokenized in threads
+        if len(_STREAM.get(key, ())) < total:
+            _STREAM.clear()
+            _STREAM[key] = generate("train", total, cfg.synthetic)  # a longer stream extends a shorter one
+        stream = _STREAM[key]
+    return stream[start:start + src.n]
+
+
+# ----------------------------------------------------------------------------- token caches
+# A source is tokenized once per tokenizer into CACHE_DIR/<name>-<key>/ and every mixture that lists it reads
+# that folder: the key hashes what decides the source's documents (kind, path and fields, n, the synthetic
+# slice and seed; a local file's size and mtime) and the tokenizer's fingerprint. A folder is complete when
+# its meta.json is there; it is written in a temporary folder and renamed into place, so two builds that
+# tokenize the same source at once both end with one complete copy.
+#   tokens.bin     every document's ids + EOS, document after document (dtype in meta.json)
+#   doc_lens.npy   (documents,) int64: tokens of each document, EOS included
+#   meta.json      source, key, tokenizer fingerprint, dtype, documents, tokens, seconds, tokens/s
+
+CACHE_VERSION = 1  # bump when iter_documents changes what a source's documents are
+_STREAM_LOCK = threading.Lock()
+
+
+def _synthetic_slice(src: SourceConfig, cfg: DataConfig) -> tuple[int, int]:
+    """(start, total): a synthetic source's slice of the train stream, and the stream length the build needs."""
     synthetic = [s for s in resolve_sources(cfg) if s.kind == "synthetic"]
     if cfg.share_problems:
-        start, total = 0, max(s.n for s in synthetic)
-    else:
-        names = [s.name for s in synthetic]
-        if src.name not in names:
-            raise ValueError(f"source {src.name!r} is not a synthetic source of this config ({names})")
-        start, total = sum(s.n for s in synthetic[:names.index(src.name)]), sum(s.n for s in synthetic)
-    key = json.dumps(dataclasses.asdict(cfg.synthetic), sort_keys=True)
-    if len(_STREAM.get(key, ())) < total:
-        _STREAM.clear()
-        _STREAM[key] = generate("train", total, cfg.synthetic)  # a longer stream extends a shorter one
-    return _STREAM[key][start:start + src.n]
+        return 0, max(s.n for s in synthetic)
+    names = [s.name for s in synthetic]
+    if src.name not in names:
+        raise ValueError(f"source {src.name!r} is not a synthetic source of this config ({names})")
+    return sum(s.n for s in synthetic[:names.index(src.name)]), sum(s.n for s in synthetic)
+
+
+def source_identity(src: SourceConfig, cfg: DataConfig) -> dict:
+    """Everything that decides a resolved source's documents (not its repeat factor): the cache key's input.
+    A hub source is keyed by its dataset key, split and n: a dataset changed on the hub keeps its old cache until
+    that cache folder is deleted."""
+    ident = {"version": CACHE_VERSION, **dataclasses.asdict(src)}
+    del ident["repeat"]
+    if src.kind == "synthetic":
+        start, _ = _synthetic_slice(src, cfg)
+        ident.update(start=start, seed=cfg.seed, synthetic=dataclasses.asdict(cfg.synthetic),
+                     error_rate=src.error_rate if src.error_rate is not None else
+                     cfg.synthetic.error_rate.get(src.format, 0.0))
+    elif src.kind in ("jsonl", "parquet"):
+        st = Path(src.path).stat()
+        ident.update(path=str(Path(src.path).resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))
+
+
+def cache_folder(src: SourceConfig, cfg: DataConfig, tokenizer_sha: str, root: Path) -> Path:
+    key = hashlib.sha256(json.dumps([source_identity(src, cfg), tokenizer_sha], sort_keys=True).encode())
+    return root / f"{src.name}-{key.hexdigest()[:16]}"
+
+
+def tokenize_source(src: SourceConfig, cfg: DataConfig, tok: Tokenizer, folder: Path, dtype: np.dtype,
+                    progress: bool = False, position: int = 0) -> dict:
+    """Tokenize one source into `folder` (see above) unless a complete cache is there; returns its meta.json.
+    Encoding runs in the tokenizer's Rust threads (all cores, the GIL released), so while one source's batch is
+    encoded another thread can read and render the next source's documents."""
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        return {**json.loads(meta_path.read_text()), "reused": True}
+    tmp = folder.with_name(f"{folder.name}.tmp.{os.getpid()}.{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        lens: list[int] = []
+        bar = tqdm(total=src.n, desc=f"tokenize {src.name}", unit="doc", disable=not progress, file=sys.stderr,
+                   position=position, leave=True)
+        with bar, open(tmp / "tokens.bin", "wb") as f:
+            for chunk in _chunks(iter_documents(src, cfg), 4096):
+                flat: list[int] = []
+                for ids in tok.encode_batch(chunk):
+                    flat.extend(ids)
+                    flat.append(tok.eos_id)
+                    lens.append(len(ids) + 1)
+                np.asarray(flat, dtype).tofile(f)
+                bar.update(len(chunk))
+        if not lens:
+            raise ValueError(f"source {src.name!r} has no documents")
+        np.save(tmp / "doc_lens.npy", np.asarray(lens, np.int64))
+        seconds = time.perf_counter() - t0
+        meta = {"name": src.name, "identity": source_identity(src, cfg), "tokenizer_sha256": tok.sha256(),
+                "dtype": dtype.name, "documents": len(lens), "tokens": int(sum(lens)), "seconds": seconds,
+                "tokens_per_s": sum(lens) / max(seconds, 1e-9)}
+        atomic_write_json(tmp / "meta.json", meta)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another build finished the same cache first: keep that one
+            if not meta_path.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**meta, "reused": False}
+
+
+class TokenCache:
+    """One source's cached tokens, memory-mapped: `tokens` (all documents back to back) and `doc_lens`."""
+
+    def __init__(self, folder: Path):
+        meta_path = folder / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"token cache {folder} is missing or incomplete: rebuild the data "
+                                    f"(`echochamber data`)")
+        self.folder, self.meta = folder, json.loads(meta_path.read_text())
+        self.doc_lens = np.load(folder / "doc_lens.npy", mmap_mode="r")
+        self.tokens = np.memmap(folder / "tokens.bin", dtype=self.meta["dtype"], mode="r")
+
+    @property
+    def doc_starts(self) -> np.ndarray:
+        lens = np.asarray(self.doc_lens)
+        return np.cumsum(lens) - lens
 
 
 # ----------------------------------------------------------------------------- building
@@ -239,164 +354,153 @@ def _chunks(it: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def load_data_tokenizer(cfg: DataConfig, sources: list[SourceConfig], cache_root: Path, progress: bool) -> Tokenizer:
+    """The mixture's tokenizer: `data.tokenizer` (a missing file is an error, never a reason to train one), or a
+    BPE trained on the first documents of every source (each source an equal share). A trained one is kept in
+    CACHE_DIR/tokenizers/, keyed by the sources and the training settings (training is deterministic), so a
+    rebuild of the same mixture with other rows finds it, and with it its token caches."""
+    if cfg.tokenizer:
+        return Tokenizer.load(cfg.tokenizer, what="data.tokenizer")
+    per_source = max(1, cfg.tokenizer_docs // len(sources))
+    key = hashlib.sha256(json.dumps([[source_identity(s, cfg) for s in sources], cfg.vocab_size, per_source],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root / "tokenizers" / f"bpe{cfg.vocab_size}-{key}.json"
+    if path.exists():
+        return Tokenizer.load(path)
+    if progress:
+        print(f"training a {cfg.vocab_size}-token BPE on up to {per_source} documents per source", file=sys.stderr)
+    tok = train_tokenizer(itertools.chain.from_iterable(
+        itertools.islice(iter_documents(s, cfg), per_source) for s in sources), cfg.vocab_size)
+    tok.save(path)
+    return tok
+
+
 def build_dataset(cfg: DataConfig, out_dir: str | Path, *, force: bool = False, progress: bool = True) -> dict:
-    """Build (or find already built) the packed dataset of `cfg` in `out_dir`; returns the manifest."""
+    """Build (or find already built) the mixture of `cfg` in `out_dir`; returns the manifest.
+
+    1. the tokenizer (given or trained); 2. each source tokenized once into its token cache (reused when
+    there); 3. per split, the shuffled list of document occurrences, repeats included, that PackedDataset packs
+    into rows: an index over the caches, not a copy of their tokens."""
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
     resolved = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as it reads back from the manifest (tuples -> lists)
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    if old and not force and old.get("config") == resolved and all(
-            (out_dir / f).exists() for f in _manifest_files(old)):
+    if old and not force and old.get("config") == resolved and _complete(out_dir, old):
         print(f"{out_dir}: complete dataset with this config already there; skipping the build "
               f"(pass force / delete manifest.json to rebuild)", file=sys.stderr)
         return old
     sources = resolve_sources(cfg)
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in [0, 1), got {cfg.val_fraction}")
-    if cfg.seq_len < 1 or cfg.shard_sequences < 1:
-        raise ValueError("data.seq_len and data.shard_sequences must be >= 1")
+    if cfg.seq_len < 1:
+        raise ValueError(f"data.seq_len must be >= 1, got {cfg.seq_len}")
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out_dir.parent / "token_cache"
     # From here until the new manifest lands, the folder is not a complete dataset.
     manifest_path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".tokens.*.tmp"):  # left by a build that was killed
-        stale.unlink()
     t0 = time.perf_counter()
 
-    # 1. Tokenizer: given, or trained on the first documents of every source (each source an equal share).
-    if cfg.tokenizer:
-        tok = Tokenizer.load(cfg.tokenizer)
-    else:
-        per_source = max(1, cfg.tokenizer_docs // len(sources))
-        if progress:
-            print(f"training a {cfg.vocab_size}-token BPE on up to {per_source} documents per source", file=sys.stderr)
-        tok = train_tokenizer(itertools.chain.from_iterable(
-            itertools.islice(iter_documents(s, cfg), per_source) for s in sources), cfg.vocab_size)
+    # 1. Tokenizer.
+    tok = load_data_tokenizer(cfg, sources, cache_root, progress)
     tok.save(out_dir / "tokenizer.json")
+    tok_sha = tok.sha256()
     dtype = np.dtype(np.uint16 if tok.vocab_size < 2**16 else np.uint32)
     t_tok = time.perf_counter()
 
-    # 2. Tokenize each source's distinct documents once into one flat file: doc tokens + EOS, doc after doc.
-    tmp = out_dir / f".tokens.{os.getpid()}.tmp"
-    try:
-        doc_lens: list[np.ndarray] = []  # per source: tokens of each document, EOS included
-        with open(tmp, "wb") as f:
-            for s in sources:
-                lens: list[int] = []
-                bar = tqdm(total=s.n, desc=f"tokenize {s.name}", unit="doc", disable=not progress, file=sys.stderr)
-                for chunk in _chunks(iter_documents(s, cfg), 4096):
-                    flat: list[int] = []
-                    for ids in tok.encode_batch(chunk):
-                        flat.extend(ids)
-                        flat.append(tok.eos_id)
-                        lens.append(len(ids) + 1)
-                    np.asarray(flat, dtype).tofile(f)
-                    bar.update(len(chunk))
-                bar.close()
-                if not lens:
-                    raise ValueError(f"source {s.name!r} has no documents")
-                doc_lens.append(np.asarray(lens, np.int64))
-        lengths = np.concatenate(doc_lens)
-        offsets = np.cumsum(lengths) - lengths  # where each document starts in the flat file
-        tokens = np.memmap(tmp, dtype=dtype, mode="r")
-        t_encode = time.perf_counter()
+    # 2. Token caches: the sources not cached yet are tokenized side by side (see tokenize_source).
+    folders = [cache_folder(s, cfg, tok_sha, cache_root) for s in sources]
+    todo = [i for i, f in enumerate(folders) if not (f / "meta.json").exists()]
+    if todo and any(s.kind == "synthetic" for s in sources):
+        _synthetic_problems(next(s for s in sources if s.kind == "synthetic"), cfg)  # the shared stream, once
+    workers = max(1, min(len(todo), cfg.workers or (os.cpu_count() or 1) // 4))
+    with ThreadPoolExecutor(workers) as pool:
+        metas = list(pool.map(lambda i: tokenize_source(sources[i], cfg, tok, folders[i], dtype, progress,
+                                                        todo.index(i) if i in todo else 0), range(len(sources))))
+    caches = [TokenCache(f) for f in folders]
+    t_encode = time.perf_counter()
 
-        # 3. Hold out documents per source (before repeats, so no copy of a val document is trained on), repeat
-        #    the train documents, shuffle the document order, pack.
-        rng = np.random.default_rng(cfg.seed or 0)
-        train_parts, val_parts, stats, first = [], [], {}, 0
-        for s, lens in zip(sources, doc_lens):
-            ids = first + rng.permutation(len(lens))
-            first += len(lens)
-            n_val = round(cfg.val_fraction * len(lens))
-            if n_val >= len(lens):
-                raise ValueError(f"source {s.name!r}: {len(lens)} documents leave none for training")
-            train_parts.append(np.tile(ids[n_val:], s.repeat))
-            val_parts.append(ids[:n_val])
-            train_once = int(lengths[ids[n_val:]].sum())
-            stats[s.name] = {
-                "kind": s.kind, "format": s.format, "path": s.path, "repeat": s.repeat,
-                "documents": {"train": len(lens) - n_val, "val": n_val},
-                "tokens_per_copy": train_once,
-                "tokens": {"train": train_once * s.repeat, "val": int(lengths[ids[:n_val]].sum())},
-            }
-        splits = {split: _pack(tokens, offsets, lengths, rng.permutation(np.concatenate(parts)), cfg.seq_len + 1,
-                               cfg.shard_sequences, out_dir, split, progress)
-                  for split, parts in (("train", train_parts), ("val", val_parts))}
-        del tokens
-    finally:
-        tmp.unlink(missing_ok=True)
+    # 3. Hold out documents per source (before repeats, so no copy of a val document is trained on; a
+    #    source's own seed, so it holds out the same documents in every mixture), repeat the train documents,
+    #    shuffle the order of all occurrences, index.
+    bases = np.cumsum([0] + [len(c.tokens) for c in caches])  # where each cache starts in the virtual concatenation
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}  # global token start of each occurrence
+    lens_parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    stats = {}
+    for s, c, base in zip(sources, caches, bases):
+        lens, starts = np.asarray(c.doc_lens), base + c.doc_starts
+        ids = np.random.default_rng([cfg.seed or 0, zlib.crc32(s.name.encode())]).permutation(len(lens))
+        n_val = round(cfg.val_fraction * len(lens))
+        if n_val >= len(lens):
+            raise ValueError(f"source {s.name!r}: {len(lens)} documents leave none for training")
+        train_ids, val_ids = np.tile(ids[n_val:], s.repeat), ids[:n_val]
+        for split, sel in (("train", train_ids), ("val", val_ids)):
+            parts[split].append(starts[sel])
+            lens_parts[split].append(lens[sel])
+        train_once = int(lens[ids[n_val:]].sum())
+        stats[s.name] = {
+            "kind": s.kind, "format": s.format, "path": s.path, "repeat": s.repeat,
+            "documents": {"train": len(lens) - n_val, "val": n_val},
+            "tokens_per_copy": train_once,
+            "tokens": {"train": train_once * s.repeat, "val": int(lens[val_ids].sum())},
+        }
+    rng = np.random.default_rng(cfg.seed or 0)
+    row_len = cfg.seq_len + 1
+    splits = {}
+    for split in ("train", "val"):
+        order = rng.permutation(sum(len(p) for p in parts[split]))
+        starts, lens = np.concatenate(parts[split])[order], np.concatenate(lens_parts[split])[order]
+        ends = np.cumsum(lens)  # end of each occurrence in the split's token stream
+        total = int(ends[-1]) if len(ends) else 0
+        files = {"starts": f"{split}_starts.npy", "ends": f"{split}_ends.npy"}
+        atomic_write(out_dir / files["starts"], lambda f: np.save(f, starts.astype(np.int64)))
+        atomic_write(out_dir / files["ends"], lambda f: np.save(f, ends.astype(np.int64)))
+        splits[split] = {"sequences": total // row_len, "tokens": total // row_len * row_len,
+                         "dropped_tokens": total % row_len, "documents": len(order), "index": files}
     if cfg.val_fraction > 0 and splits["val"]["sequences"] == 0:
         raise ValueError(f"the validation split holds {splits['val']['dropped_tokens']} tokens, less than one row of "
-                         f"{cfg.seq_len + 1}; raise data.val_fraction or the number of documents")
+                         f"{row_len}; raise data.val_fraction or the number of documents")
 
     n_train = sum(v["tokens"]["train"] for v in stats.values())
     for v in stats.values():
         v["share"] = v["tokens"]["train"] / n_train  # share of the training tokens (repeats included)
-    t_end = time.perf_counter()
-    n_encoded = int(lengths.sum())
+    encoded = [m for m in metas if not m["reused"]]
+    n_encoded = sum(m["tokens"] for m in encoded)
     manifest = {
         "mixture": mixture_name(sources),
-        "seq_len": cfg.seq_len, "row_len": cfg.seq_len + 1, "dtype": dtype.name,
+        "seq_len": cfg.seq_len, "row_len": row_len, "dtype": dtype.name,
         "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "tokenizer": "tokenizer.json",
+        "tokenizer_sha256": tok_sha,
+        "caches": [{"name": s.name, "dir": os.path.relpath(f.resolve(), out_dir.resolve()), "tokens": len(c.tokens),
+                    "documents": len(c.doc_lens), "reused": m["reused"]}
+                   for s, f, c, m in zip(sources, folders, caches, metas)],
         "sources": stats,
-        "total_tokens": splits["train"]["tokens"] + splits["val"]["tokens"],  # in the shards, both splits
-        "totals": {"documents": int(len(lengths)), "distinct_tokens": n_encoded,
+        "total_tokens": splits["train"]["tokens"] + splits["val"]["tokens"],  # in the rows, both splits
+        "totals": {"documents": int(sum(len(c.doc_lens) for c in caches)),
+                   "distinct_tokens": int(bases[-1]),
                    "train_tokens": n_train, "val_tokens": sum(v["tokens"]["val"] for v in stats.values())},
         "splits": splits,
-        "train_unigram_entropy": _entropy(out_dir, splits["train"]["shards"], tok.vocab_size),
-        "timing": {"tokenizer_s": t_tok - t0, "encode_s": t_encode - t_tok, "total_s": t_end - t0,
-                   "encode_tokens_per_s": n_encoded / max(t_encode - t_tok, 1e-9)},
         "git_commit": git_commit(),
         "config": resolved,
     }
-    keep = set(_manifest_files(manifest))
-    for stale in out_dir.iterdir():  # shards of an earlier, larger build of this folder
-        if re.fullmatch(r"(train|val)_\d{5}\.npy", stale.name) and stale.name not in keep:
+    manifest["train_unigram_entropy"] = _entropy(out_dir, manifest, "train")
+    t_end = time.perf_counter()
+    manifest["timing"] = {"tokenizer_s": t_tok - t0, "encode_s": t_encode - t_tok, "total_s": t_end - t0,
+                          "encoded_tokens": n_encoded,
+                          "encode_tokens_per_s": n_encoded / max(t_encode - t_tok, 1e-9) if encoded else None}
+    for stale in out_dir.iterdir():  # the shards or index of an earlier build of this folder
+        if re.fullmatch(r"(train|val)_(\d{5}|starts|ends)\.npy", stale.name) and stale.name not in {
+                f for sp in splits.values() for f in sp["index"].values()}:
             stale.unlink()
     atomic_write_json(manifest_path, manifest)  # last: its presence marks the dataset complete
     return manifest
 
 
-def _pack(tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, order: np.ndarray, row_len: int,
-          shard_rows: int, out_dir: Path, split: str, progress: bool) -> dict:
-    """Concatenate documents in `order`, cut into rows of `row_len` tokens, write shards of `shard_rows` rows."""
-    shards: list[str] = []
-    pending: list[np.ndarray] = []  # full rows not yet written, each (n, row_len)
-    n_pending = n_rows = 0
-    carry = np.empty(0, tokens.dtype)  # the start of a row still being filled
-
-    def write(rows: np.ndarray) -> None:
-        name = f"{split}_{len(shards):05d}.npy"
-        atomic_write(out_dir / name, lambda f: np.save(f, rows))
-        shards.append(name)
-
-    bar = tqdm(total=int(lengths[order].sum()), desc=f"pack {split}", unit="tok", unit_scale=True,
-               disable=not progress, file=sys.stderr)
-    for i in range(0, len(order), 65536):
-        docs = order[i:i + 65536]
-        lens = lengths[docs]
-        # Flat-file index of every token of these documents: document start + position inside the document.
-        pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        buf = np.concatenate([carry, tokens[np.repeat(offsets[docs], lens) + pos]])
-        n = len(buf) // row_len
-        pending.append(buf[:n * row_len].reshape(n, row_len))
-        carry = buf[n * row_len:]
-        n_pending += n
-        while n_pending >= shard_rows:
-            rows = np.concatenate(pending)
-            write(rows[:shard_rows])
-            pending, n_pending = [rows[shard_rows:]], n_pending - shard_rows
-            n_rows += shard_rows
-        bar.update(int(lens.sum()))
-    bar.close()
-    if n_pending:
-        write(np.concatenate(pending))
-        n_rows += n_pending
-    return {"sequences": n_rows, "tokens": n_rows * row_len, "dropped_tokens": len(carry), "shards": shards}
-
-
-def _manifest_files(manifest: dict) -> list[str]:
-    return [manifest["tokenizer"]] + [f for s in manifest["splits"].values() for f in s["shards"]]
+def _complete(out_dir: Path, manifest: dict) -> bool:
+    """Every file a manifest refers to is there (its index, its tokenizer and its complete token caches)."""
+    files = [manifest.get("tokenizer", "")] + [f for s in manifest.get("splits", {}).values()
+                                               for f in s.get("index", {}).values()]
+    caches = [c["dir"] + "/meta.json" for c in manifest.get("caches", [])]
+    return "caches" in manifest and all((out_dir / f).exists() for f in files + caches)
 
 
 def load_manifest(data_dir: str | Path) -> dict:
@@ -404,53 +508,87 @@ def load_manifest(data_dir: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build the data first (`echochamber data`); a build that was "
                                 f"interrupted leaves no manifest")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    if "caches" not in manifest:
+        raise ValueError(f"{path}: written by an older echochamber (packed shards, no token caches); rebuild the "
+                         f"data with `echochamber data`")
+    return manifest
 
 
 # ----------------------------------------------------------------------------- reading
 
 class PackedDataset:
-    """Rows of one split, memory-mapped. Row i holds seq_len + 1 tokens: inputs row[:-1], targets row[1:]."""
+    """Rows of one split. Row i is tokens [i * R, (i + 1) * R) of the split's stream, R = seq_len + 1: the
+    split's document occurrences, in their shuffled order, concatenated (as OLMo packs: a row can start
+    mid-document; the tail shorter than a row is dropped). Inputs row[:-1], targets row[1:].
+
+    Nothing is copied per mixture: the stream is read through the index (per occurrence: where its document
+    starts in the concatenation of the token caches, and where it ends in the stream) from the memory-mapped
+    caches, so a row costs a binary search and a gather."""
 
     def __init__(self, data_dir: str | Path, split: Literal["train", "val"] = "train"):
         data_dir = Path(data_dir)
         manifest = load_manifest(data_dir)
         if split not in manifest["splits"]:
             raise ValueError(f"{data_dir}: no split {split!r} (splits: {sorted(manifest['splits'])})")
+        info = manifest["splits"][split]
         self.data_dir, self.split = data_dir, split
         self.seq_len: int = manifest["seq_len"]
         self.vocab_size: int = manifest["vocab_size"]
         self.eos_id: int = manifest["eos_id"]
         self.tokenizer_path = data_dir / manifest["tokenizer"]
-        self.shards = [np.load(data_dir / f, mmap_mode="r") for f in manifest["splits"][split]["shards"]]
-        sizes = np.array([len(s) for s in self.shards], np.int64)
-        self._ends = np.cumsum(sizes)  # rows before the end of each shard
-        self._starts = self._ends - sizes
-        self.n_sequences: int = int(self._ends[-1]) if len(sizes) else 0
+        self.caches = [TokenCache(data_dir / c["dir"]) for c in manifest["caches"]]
+        self._bases = np.cumsum([0] + [len(c.tokens) for c in self.caches])  # (caches + 1,)
+        self._starts = np.load(data_dir / info["index"]["starts"], mmap_mode="r")  # (occurrences,) int64
+        self._ends = np.load(data_dir / info["index"]["ends"], mmap_mode="r")  # (occurrences,) int64
+        self.n_sequences: int = info["sequences"]
 
     def __len__(self) -> int:
         return self.n_sequences
+
+    def tokens_at(self, positions: np.ndarray) -> np.ndarray:
+        """The tokens at `positions` (int64, any shape) of the split's stream."""
+        occ = np.searchsorted(self._ends, positions, side="right")  # the occurrence holding each position
+        starts = np.asarray(self._starts[occ])  # where each occurrence's document starts in the caches
+        prev_end = np.where(occ > 0, self._ends[np.maximum(occ - 1, 0)], 0)  # where it starts in the stream
+        g = starts + (positions - prev_end)  # global position in the concatenation of the caches
+        which = np.searchsorted(self._bases, g, side="right") - 1
+        out = np.empty(positions.shape, np.int64)
+        for k in np.unique(which):
+            sel = which == k
+            out[sel] = self.caches[k].tokens[g[sel] - self._bases[k]]
+        return out
 
     def batch(self, start: int, batch_size: int) -> torch.LongTensor:
         """Rows start .. start + batch_size - 1, wrapping around at n_sequences -> (B, seq_len + 1) int64."""
         if self.n_sequences == 0:
             raise ValueError(f"{self.data_dir}: the {self.split} split has no sequences")
-        rows = (start + np.arange(batch_size)) % self.n_sequences
-        shard = np.searchsorted(self._ends, rows, side="right")
-        out = np.empty((batch_size, self.seq_len + 1), np.int64)
-        for k in np.unique(shard):
-            sel = shard == k
-            out[sel] = self.shards[k][rows[sel] - self._starts[k]]
-        return torch.from_numpy(out)
+        rows = (start + np.arange(batch_size, dtype=np.int64)) % self.n_sequences
+        row_len = self.seq_len + 1
+        return torch.from_numpy(self.tokens_at(rows[:, None] * row_len + np.arange(row_len)))
 
 
-def _entropy(data_dir: Path, shards: list[str], vocab_size: int) -> float:
-    """H = -sum_v p(v) log p(v) (nats) of the token frequencies in `shards`."""
-    counts = np.zeros(vocab_size, np.int64)
-    for f in shards:
-        arr = np.load(data_dir / f, mmap_mode="r")
-        for i in range(0, len(arr), 65536):
-            counts += np.bincount(np.asarray(arr[i:i + 65536]).ravel(), minlength=vocab_size)
+def _entropy(data_dir: Path, manifest: dict, split: str) -> float:
+    """H = -sum_v p(v) log p(v) (nats) of the token frequencies of a split's document occurrences: each cached
+    document's tokens counted as often as it occurs (repeats included; the dropped tail, less than a row, too)."""
+    counts = np.zeros(manifest["vocab_size"], np.float64)
+    info = manifest["splits"][split]
+    starts = np.load(data_dir / info["index"]["starts"], mmap_mode="r")
+    bases = np.cumsum([0] + [c["tokens"] for c in manifest["caches"]])
+    for k, c in enumerate(manifest["caches"]):
+        cache = TokenCache(data_dir / c["dir"])
+        doc_starts = bases[k] + cache.doc_starts
+        mine = np.asarray(starts)[(starts >= bases[k]) & (starts < bases[k + 1])]
+        occurrences = np.bincount(np.searchsorted(doc_starts, mine), minlength=len(doc_starts))
+        lens = np.asarray(cache.doc_lens)
+        doc_ends = np.cumsum(lens)
+        # Whole documents at a time, about 16M tokens per pass: per token, how often its document occurs.
+        bounds = np.append(np.searchsorted(doc_ends, np.arange(0, doc_ends[-1], 1 << 24), side="right"), len(lens))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a < b:
+                lo, hi = doc_ends[a] - lens[a], doc_ends[b - 1]
+                counts += np.bincount(np.asarray(cache.tokens[lo:hi]), np.repeat(occurrences[a:b], lens[a:b]),
+                                      minlength=len(counts))
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
@@ -458,5 +596,4 @@ def _entropy(data_dir: Path, shards: list[str], vocab_size: int) -> float:
 def unigram_entropy(data_dir: str | Path, split: Literal["train", "val"] = "train") -> float:
     """Entropy (nats/token) of the unigram distribution of a split's tokens: the loss of a model that predicts
     token frequencies and ignores context. A pretrained model's validation loss must be well below it."""
-    manifest = load_manifest(data_dir)
-    return _entropy(Path(data_dir), manifest["splits"][split]["shards"], manifest["vocab_size"])
+    return _entropy(Path(data_dir), load_manifest(data_dir), split)

@@ -41,6 +41,7 @@ class EvalConfig:
     batch_prompts: int = 64  # prompts per generate() call for greedy decoding (sampling packs 8x as many rows)
     sample_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # generation precision: bfloat16 (~2x faster on CPU) or float32
     mode: str = "structure"  # format labelling: structure | paper (see formats.py)
+    add_bos: bool = False  # prepend the tokenizer's BOS to each question (the authors' vLLM + Llama-2 eval: <s>)
     data_path: str | None = None  # folder holding gsm8k/, math500/, aime/ (default: ../shared/data if present)
     model: str | None = None  # model folder for `echochamber eval` (default OUT_DIR/pretrain/model)
 
@@ -108,14 +109,14 @@ def load_dataset(spec: str, n: int, cfg, data_path: str | None) -> list[Problem]
 
 
 def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: SampleConfig, seed: int,
-                   batch_prompts: int, desc: str, progress: bool = True) -> list[list[str]]:
+                   batch_prompts: int, desc: str, progress: bool = True, add_bos: bool = False) -> list[list[str]]:
     """Generate n responses per question in chunks of batch_prompts; returns texts[question][sample]."""
     from tqdm import tqdm
 
     out: list[list[str]] = []
     chunks = range(0, len(questions), batch_prompts)
     for ci, start in enumerate(tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)):
-        prompts = tok.encode_batch(questions[start:start + batch_prompts])
+        prompts = tok.encode_batch(questions[start:start + batch_prompts], add_bos=add_bos)
         gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed + ci)
         texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
         out.extend(texts[i * scfg.n:(i + 1) * scfg.n] for i in range(len(prompts)))
@@ -134,7 +135,7 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
     questions, golds = [p.question for p in mine], [p.answer for p in mine]
     greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype)
     greedy = [t[0] for t in generate_texts(model, tok, questions, greedy_cfg, seed, ecfg.batch_prompts,
-                                           f"eval {name} greedy", progress)]
+                                           f"eval {name} greedy", progress, ecfg.add_bos)]
     graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool)
     rows = [{"id": p.id, "question": p.question, "response": r, "label": g.label, "answer": g.answer,
              "boxed": g.boxed, "gold": p.answer, "correct": g.correct} for p, r, g in zip(mine, greedy, graded)]
@@ -150,7 +151,7 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
         sample_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
                                   top_p=ecfg.top_p, n=n, dtype=ecfg.sample_dtype)
         samples = generate_texts(model, tok, questions, sample_cfg, seed + 10_000 + ctx.rank,
-                                 max(1, 8 * ecfg.batch_prompts // n), f"eval {name} x{n}", progress)
+                                 max(1, 8 * ecfg.batch_prompts // n), f"eval {name} x{n}", progress, ecfg.add_bos)
         flat = [s for group in samples for s in group]
         sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool)
         srows = [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer, "gold": p.answer,

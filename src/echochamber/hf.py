@@ -11,20 +11,31 @@ Neither direction needs transformers: an HF folder is a config.json plus safeten
     lm_head.weight                                 <-> lm_head.weight               (absent when tied)
 
 Both use the same RoPE layout (rotate halves, not interleaved pairs), so no weight permutation is needed.
+
+EOS and BOS always come from the tokenizer (tokenizer.Tokenizer: tokenizer_config.json, else the usual names),
+never from config.json: the authors' OLMo configs carry eos_token_id 0, which is <unk> in the Llama-2 vocabulary
+they trained with (their documents end with </s>, id 2).
+
+The authors' released checkpoints (PAPER.md) are HF folders with the Llama-2 tokenizer beside the weights, so
+`import_hf_folder` takes such a folder, or a hub id when huggingface_hub is installed and the hub is reachable.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import re
+import sys
 from pathlib import Path
 
 import torch
 
 from .model import PRESETS, ModelConfig, OLMo, from_state_dict
 from .runio import atomic_write_bytes, atomic_write_json
+from .tokenizer import Tokenizer
 
-EOS_TOKEN = "<|endoftext|>"  # echochamber's end-of-document token (tokenizer.EOS)
+# Tokenizer files a model folder carries along (tokenizer_config.json names EOS / BOS; tokenizer.model is the
+# SentencePiece original some tools want beside tokenizer.json).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
 def to_hf_state_dict(model: OLMo) -> dict[str, torch.Tensor]:
@@ -73,7 +84,8 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], n_layers: int, tied: bool
     return out
 
 
-def hf_config(cfg: ModelConfig, eos_token_id: int | None = None, pad_token_id: int | None = None) -> dict:
+def hf_config(cfg: ModelConfig, eos_token_id: int | None = None, pad_token_id: int | None = None,
+              bos_token_id: int | None = None) -> dict:
     """The config.json of an HF OlmoForCausalLM with our shape. rope_theta is written both the transformers 4.x
     way (top-level) and the 5.x way (rope_parameters)."""
     return {
@@ -94,7 +106,7 @@ def hf_config(cfg: ModelConfig, eos_token_id: int | None = None, pad_token_id: i
         "clip_qkv": cfg.clip_qkv,
         "tie_word_embeddings": bool(cfg.tie_embeddings),
         "initializer_range": cfg.init_std,
-        "bos_token_id": None,
+        "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
         "pad_token_id": pad_token_id,
         "use_cache": True,
@@ -105,28 +117,38 @@ def hf_config(cfg: ModelConfig, eos_token_id: int | None = None, pad_token_id: i
 def export_hf(model: OLMo, out_dir: str | Path, tokenizer_path: str | Path | None = None, *,
               eos_token_id: int | None = None) -> None:
     """Write an HF OlmoForCausalLM folder: config.json, generation_config.json, model.safetensors, and with a
-    tokenizer also tokenizer.json + tokenizer_config.json. The EOS id comes from `eos_token_id` or the
-    tokenizer's <|endoftext|>; it doubles as the pad id (the paper's data has no padding token)."""
+    tokenizer also tokenizer.json + tokenizer_config.json. EOS and BOS are the tokenizer's (echochamber's
+    <|endoftext|>, Llama-2's </s> and <s>), or `eos_token_id` without a tokenizer; EOS doubles as the pad id
+    (the paper's data has no padding token)."""
     from safetensors.torch import save as st_save
 
     out_dir = Path(out_dir)
-    if tokenizer_path is not None and eos_token_id is None:
-        from tokenizers import Tokenizer
-
-        eos_token_id = Tokenizer.from_file(str(tokenizer_path)).token_to_id(EOS_TOKEN)
-        if eos_token_id is None:
-            raise ValueError(f"{tokenizer_path}: no {EOS_TOKEN} token; pass eos_token_id")
+    tok = Tokenizer.load(tokenizer_path) if tokenizer_path is not None else None
+    if tok is not None:
+        if eos_token_id is not None and eos_token_id != tok.eos_id:
+            raise ValueError(f"eos_token_id {eos_token_id} contradicts {tokenizer_path}'s EOS "
+                             f"{tok.eos_token!r} ({tok.eos_id})")
+        eos_token_id = tok.eos_id
+        if tok.vocab_size > model.config.vocab_size:
+            raise ValueError(f"{tokenizer_path}: {tok.vocab_size} tokens, more than the model's vocab_size "
+                             f"{model.config.vocab_size}")
+    bos_token_id = tok.bos_id if tok else None
     atomic_write_bytes(out_dir / "model.safetensors", st_save(to_hf_state_dict(model), metadata={"format": "pt"}))
-    atomic_write_json(out_dir / "config.json", hf_config(model.config, eos_token_id, eos_token_id))
+    atomic_write_json(out_dir / "config.json", hf_config(model.config, eos_token_id, eos_token_id, bos_token_id))
     atomic_write_json(out_dir / "generation_config.json",
-                      {"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "bos_token_id": None})
-    if tokenizer_path is not None:
-        tmp = out_dir / ".tokenizer.json.tmp"
-        shutil.copyfile(tokenizer_path, tmp)
-        tmp.replace(out_dir / "tokenizer.json")
+                      {"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "bos_token_id": bos_token_id})
+    if tok is not None:
+        atomic_write_bytes(out_dir / "tokenizer.json", Path(_tokenizer_file(tokenizer_path)).read_bytes())
         atomic_write_json(out_dir / "tokenizer_config.json",
-                          {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TOKEN,
-                           "pad_token": EOS_TOKEN, "model_max_length": model.config.max_seq_len})
+                          {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": tok.eos_token,
+                           "bos_token": tok.bos_token, "pad_token": tok.eos_token,
+                           "model_max_length": model.config.max_seq_len})
+
+
+def _tokenizer_file(path: str | Path) -> Path:
+    """A tokenizer path as Tokenizer.load reads it: a tokenizer.json, or the one inside a folder."""
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() else path
 
 
 def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -146,6 +168,55 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     if pt.exists():
         return torch.load(pt, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_hf_source(source: str | Path) -> Path:
+    """A local HF folder, or a hub id ("owner/name") downloaded with huggingface_hub (config, weights and
+    tokenizer files only). Errors say which of the two failed and why."""
+    path = Path(source)
+    if path.exists() or not _HUB_ID.match(str(source)):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{source}: no such model folder (and not a hub id of the form owner/name)")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(f"{source}: not a local folder; to download it from the hub install "
+                                f"huggingface_hub (pip install -e '.[hub]')") from None
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin",
+                                                                    "tokenizer.model"]))
+    except Exception as e:  # offline, unknown repo, gated repo: the hub's own message says which
+        raise FileNotFoundError(f"{source}: not a local folder, and downloading it from the hub failed: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def import_hf_folder(source: str | Path, out_dir: str | Path) -> tuple[OLMo, Tokenizer]:
+    """An HF OlmoForCausalLM folder or hub id (e.g. one of the authors' checkpoints) -> an echochamber model
+    folder (weights, model config, the tokenizer files): what `rl`, `eval` and `sample` start from. The folder
+    must carry its tokenizer: EOS and BOS are read from it."""
+    hf_dir = resolve_hf_source(source)
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{hf_dir}: no tokenizer.json (import-hf needs the model's tokenizer: EOS and BOS "
+                                f"come from it; the paper's models use meta-llama/Llama-2-7b-hf's)")
+    tok = Tokenizer.load(hf_dir / "tokenizer.json")
+    model = import_hf(hf_dir)
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{hf_dir}: the tokenizer has {tok.vocab_size} tokens, the model only "
+                         f"{model.config.vocab_size}")
+    said = json.loads((hf_dir / "config.json").read_text()).get("eos_token_id")
+    if said is not None and said != tok.eos_id:
+        print(f"note: {hf_dir / 'config.json'} says eos_token_id {said}; using the tokenizer's EOS "
+              f"{tok.eos_token!r} (id {tok.eos_id})", file=sys.stderr)
+    out_dir = Path(out_dir)
+    model.save(out_dir)
+    for name in TOKENIZER_FILES:
+        if (hf_dir / name).is_file():
+            atomic_write_bytes(out_dir / name, (hf_dir / name).read_bytes())
+    return model, tok
 
 
 def import_hf(hf_dir: str | Path, device: str | torch.device = "cpu") -> OLMo:

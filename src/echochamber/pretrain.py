@@ -16,6 +16,7 @@ Run folder:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from . import distributed as dist
 from .checks import check
 from .data import PackedDataset
 from .model import OLMo, ModelConfig
+from .plan import resolve_grad_accum, resolve_pretrain_steps
 from .checkpoint import export_model, rng_state, save_checkpoint
 from .runio import append_jsonl
 from .training import autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr, start_or_resume
@@ -37,9 +39,11 @@ from .training import autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr
 
 @dataclass
 class PretrainConfig:
-    max_steps: int = 1000  # optimizer steps (paper: one epoch over the mixture)
+    max_steps: int = 1000  # optimizer steps; 0 = one epoch over the mixture (paper: one epoch)
     batch_size: int = 32  # sequences per micro-batch per process (paper: 512 x 2048 tokens per step in all)
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step; 0 = whatever makes global_batch
+    global_batch: int = 0  # sequences per step over all processes, checked against batch_size x grad_accum x
+    # processes (paper: 512); 0 = unchecked
     lr: float = 1e-3  # peak learning rate (paper: 1e-3)
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak (paper: 0.1)
     warmup_steps: int = 100  # linear warmup (paper: 5000)
@@ -62,9 +66,9 @@ class PretrainConfig:
     seed: int | None = None  # initialisation; None = the run's top-level `seed`
 
     def __post_init__(self):
-        check(self, at_least_1=("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "ckpt_every",
-                                "keep_checkpoints", "log_every"),
-              at_least_0=("warmup_steps", "weight_decay", "threads"), positive=("lr", "eps", "grad_clip"),
+        check(self, at_least_1=("batch_size", "eval_every", "eval_batches", "ckpt_every", "keep_checkpoints",
+                                "log_every"),
+              at_least_0=("max_steps", "grad_accum", "global_batch", "warmup_steps", "weight_decay", "threads"), positive=("lr", "eps", "grad_clip"),
               unit=("min_lr_ratio",))
 
 
@@ -110,6 +114,11 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
 
     data_dir = Path(pcfg.data_dir) if pcfg.data_dir else Path(cfg.out_dir) / "data"
     train, val = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
+    # The global batch checked (or grad_accum derived from it) and max_steps 0 made one epoch: the resolved
+    # values are what runs (and what the resumed-config check compares).
+    pcfg = dataclasses.replace(pcfg, grad_accum=resolve_grad_accum(pcfg.batch_size, pcfg.grad_accum,
+                                                                   pcfg.global_batch, ctx.world_size))
+    pcfg = dataclasses.replace(pcfg, max_steps=resolve_pretrain_steps(pcfg, train.n_sequences, ctx.world_size))
     run_dir = out_dir
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"

@@ -1,0 +1,322 @@
+"""What a stage will do before it does it: `echochamber <stage> --config paper_1b --dry-run` prints the plan.
+
+The plan is arithmetic on the config (and on the built data when it is there), nothing is loaded onto a GPU:
+
+    parameters       OLMo(...).num_params() of the configured preset at the tokenizer's vocabulary
+    tokens per step  global batch (batch_size x grad_accum x world size) x seq_len
+    steps            pretrain.max_steps, or with max_steps 0 one epoch over the built mixture
+    FLOPs per token  6 N + 12 L d T  (PaLM, Chowdhery et al. 2022, appendix B): N the parameters that do matmuls
+                     (every block, and the output head; not the input embedding, a lookup), L layers, d width,
+                     T the context; forward 1/3 of it, backward 2/3
+    memory per GPU   16 bytes per parameter for fp32 weights, fp32 gradients and AdamW's two fp32 moments
+                     (DDP keeps all of it on every GPU), plus activations: 34 T b d L bytes with bf16 autocast and
+                     flash attention (Korthikanti et al. 2022, "Reducing activation recomputation", eq. 2 without
+                     its attention-score term) plus the head's fp32 logits, b T V x 4 bytes
+    checkpoint       fp32 weights (4 bytes/parameter) + AdamW moments (8 bytes/parameter)
+    hours            total FLOPs / (GPUs x 989 TFLOP/s x MFU): H100 SXM dense bf16 peak, at the MFU stated
+
+It also holds the two rules pretraining applies to its config (`resolve_grad_accum`, `resolve_pretrain_steps`),
+so the plan and the run cannot disagree about steps or batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model import ModelConfig, OLMo
+
+H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of one H100 SXM (NVIDIA datasheet; 1979e12 is with sparsity)
+PLAN_GPUS = 8  # the plan's machine: one node of 8 H100s (WORLD_SIZE overrides it)
+PLAN_MFU = 0.40  # model FLOPs utilisation the hours assume; nanoGPT-style DDP training of 0.1-1B models on H100s
+# reaches roughly 30-50%; generation (RL rollouts) is memory-bound and runs far below it
+
+
+# ----------------------------------------------------------------------------- the rules pretraining applies
+
+def resolve_grad_accum(batch_size: int, grad_accum: int, global_batch: int, world_size: int) -> int:
+    """Micro-batches per optimizer step. global_batch 0: grad_accum as given. Otherwise the global batch in
+    sequences (paper: 512) must equal batch_size x grad_accum x world_size; grad_accum 0 means "whatever makes
+    it so". A mismatch is an error naming the keys, never a silently different batch."""
+    if batch_size < 1 or world_size < 1 or grad_accum < 0 or global_batch < 0:
+        raise ValueError(f"pretrain.batch_size ({batch_size}) and the world size ({world_size}) must be >= 1, "
+                         f"pretrain.grad_accum ({grad_accum}) and pretrain.global_batch ({global_batch}) >= 0")
+    if global_batch == 0:
+        if grad_accum == 0:
+            raise ValueError("pretrain.grad_accum 0 (derive it) needs pretrain.global_batch > 0")
+        return grad_accum
+    per_micro = batch_size * world_size
+    if grad_accum == 0:
+        if global_batch % per_micro:
+            raise ValueError(f"pretrain.global_batch {global_batch} is not a multiple of pretrain.batch_size "
+                             f"{batch_size} x {world_size} processes = {per_micro}")
+        return global_batch // per_micro
+    if grad_accum * per_micro != global_batch:
+        hint = (f"; pretrain.grad_accum={global_batch // per_micro} makes it so" if global_batch % per_micro == 0
+                else "")
+        raise ValueError(f"pretrain.global_batch {global_batch} != pretrain.batch_size {batch_size} x "
+                         f"pretrain.grad_accum {grad_accum} x {world_size} processes = "
+                         f"{grad_accum * per_micro}{hint} (or pretrain.grad_accum=0 to derive it)")
+    return grad_accum
+
+
+def resolve_pretrain_steps(pcfg, n_train_sequences: int, world_size: int) -> int:
+    """Optimizer steps of a pretraining run: pretrain.max_steps, or when it is 0 one epoch over the mixture,
+    floor(train sequences / global batch) (the last partial batch is dropped, as OLMo's drop_last does)."""
+    if pcfg.max_steps < 0:
+        raise ValueError(f"pretrain.max_steps must be >= 0 (0 = one epoch over the mixture), got {pcfg.max_steps}")
+    if pcfg.max_steps > 0:
+        return pcfg.max_steps
+    accum = resolve_grad_accum(pcfg.batch_size, pcfg.grad_accum, getattr(pcfg, "global_batch", 0), world_size)
+    global_batch = pcfg.batch_size * accum * world_size
+    steps = n_train_sequences // global_batch
+    if steps < 1:
+        raise ValueError(f"pretrain.max_steps 0 means one epoch over the mixture, but its {n_train_sequences} "
+                         f"train sequences are fewer than one global batch of {global_batch}")
+    return steps
+
+
+# ----------------------------------------------------------------------------- model arithmetic
+
+@dataclass
+class ModelNumbers:
+    config: ModelConfig
+    params: int  # all parameters (a tied head counted once)
+    matmul_params: int  # the parameters that do matmuls per token: blocks + output head
+
+    def flops_per_token(self, context: int) -> float:
+        """Training FLOPs per token, forward + backward: 6 N + 12 L d T (see the module docstring)."""
+        c = self.config
+        return 6 * self.matmul_params + 12 * c.n_layers * c.d_model * context
+
+    def activation_bytes(self, micro_batch: int, context: int) -> float:
+        c = self.config
+        return 34 * context * micro_batch * c.d_model * c.n_layers + micro_batch * context * c.vocab_size * 4
+
+
+def model_numbers(model_cfg: ModelConfig, vocab_size: int) -> ModelNumbers:
+    """Parameter counts of the configured model, from an instance on the meta device (no memory)."""
+    import torch
+
+    config = model_cfg.resolve(vocab_size=vocab_size)
+    with torch.device("meta"):
+        model = OLMo(config)
+    params = sum(p.numel() for p in model.parameters())
+    embedding = config.vocab_size * config.d_model
+    return ModelNumbers(config, params, params - embedding + (embedding if config.tie_embeddings else 0))
+
+
+def _vocab(cfg) -> tuple[int, str]:
+    """The vocabulary the run will have, and where that number comes from."""
+    from .data import load_manifest
+    from .tokenizer import Tokenizer
+
+    data_dir = Path(cfg.pretrain.data_dir) if cfg.pretrain.data_dir else Path(cfg.out_dir) / "data"
+    if (data_dir / "manifest.json").exists():
+        return load_manifest(data_dir)["vocab_size"], f"{data_dir}/manifest.json"
+    if cfg.data.tokenizer and Path(cfg.data.tokenizer).exists():
+        return Tokenizer.load(cfg.data.tokenizer).vocab_size, f"data.tokenizer {cfg.data.tokenizer}"
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size, "model.vocab_size"
+    where = f"data.tokenizer {cfg.data.tokenizer} (not here yet)" if cfg.data.tokenizer else "data.vocab_size"
+    return cfg.data.vocab_size, where
+
+
+def _world_size() -> tuple[int, str]:
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]), "WORLD_SIZE"
+    return PLAN_GPUS, f"one node of {PLAN_GPUS} assumed; set WORLD_SIZE for another count"
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def _hours(flops: float, gpus: int) -> float:
+    return flops / (gpus * H100_BF16_FLOPS * PLAN_MFU) / 3600
+
+
+def _rows(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+# ----------------------------------------------------------------------------- plans
+
+def pretrain_plan(cfg) -> str:
+    from .data import load_manifest
+
+    pcfg = cfg.pretrain
+    world, world_src = _world_size()
+    vocab, vocab_src = _vocab(cfg)
+    m = model_numbers(cfg.model, vocab)
+    c = m.config
+    T = cfg.data.seq_len
+    global_batch_key = getattr(pcfg, "global_batch", 0)
+    accum = resolve_grad_accum(pcfg.batch_size, pcfg.grad_accum, global_batch_key, world)
+    global_batch = pcfg.batch_size * accum * world
+    tokens_per_step = global_batch * T
+    data_dir = Path(pcfg.data_dir) if pcfg.data_dir else Path(cfg.out_dir) / "data"
+    manifest = load_manifest(data_dir) if (data_dir / "manifest.json").exists() else None
+    flops_token = m.flops_per_token(T)
+    rows = [
+        ("parameters", f"{m.params / 1e6:,.1f}M ({c.preset}: d {c.d_model}, {c.n_layers} layers, {c.n_heads} heads, "
+                       f"SwiGLU {c.mlp_hidden}, {'tied' if c.tie_embeddings else 'untied'} embeddings; "
+                       f"vocab {vocab:,} from {vocab_src})"),
+        ("GPUs", f"{world} ({world_src})"),
+        ("global batch", f"{global_batch} sequences = batch_size {pcfg.batch_size} x grad_accum {accum} x {world} "
+                         f"GPUs" + (f" (pretrain.global_batch {global_batch_key}: checked)" if global_batch_key else "")),
+        ("tokens per step", f"{tokens_per_step:,} ({global_batch} x {T})"),
+    ]
+    if manifest is None and pcfg.max_steps == 0:
+        per = 10e9
+        rows += [
+            ("steps", "one epoch over the mixture (pretrain.max_steps 0): known once `echochamber data` has built "
+                      f"{data_dir}; {per / tokens_per_step:,.0f} steps per 10B tokens"),
+            ("tokens", "the mixture's train tokens (manifest.json totals.train_tokens, repeats included)"),
+        ]
+        steps = tokens = None
+    else:
+        steps = resolve_pretrain_steps(pcfg, manifest["splits"]["train"]["sequences"] if manifest else 0, world)
+        tokens = steps * tokens_per_step
+        what = ("pretrain.max_steps" if pcfg.max_steps else
+                f"one epoch: {manifest['splits']['train']['sequences']:,} train sequences / {global_batch}")
+        rows += [("steps", f"{steps:,} ({what}); warmup {pcfg.warmup_steps:,}"),
+                 ("tokens", f"{tokens / 1e9:,.2f}B")]
+        if manifest:
+            rows.append(("mixture", f"{manifest['mixture']}: {manifest['totals']['train_tokens'] / 1e9:,.2f}B train "
+                                    f"tokens; {tokens / manifest['totals']['train_tokens']:.2f} epochs"))
+    states = 16 * m.params
+    act = m.activation_bytes(pcfg.batch_size, T)
+    rows += [
+        ("memory per GPU", f"{_gb(states + act)} = {_gb(states)} weights, gradients and AdamW moments (16 B/param, "
+                           f"DDP) + {_gb(act)} activations (micro-batch {pcfg.batch_size} x {T}, bf16, flash "
+                           f"attention; with FSDP the states are /{world})"),
+        ("checkpoint", f"{_gb(12 * m.params)} each (fp32 weights {_gb(4 * m.params)} + AdamW moments "
+                       f"{_gb(8 * m.params)}); the last {pcfg.keep_checkpoints} kept, every {pcfg.ckpt_every:,} steps"),
+        ("FLOPs per token", f"{flops_token / 1e9:,.2f} GFLOP (6 x {m.matmul_params / 1e6:,.1f}M + "
+                            f"12 x {c.n_layers} x {c.d_model} x {T})"),
+    ]
+    if tokens is None:
+        rows.append(("time", f"{_hours(flops_token * 10e9, world):,.1f} hours per 10B tokens on {world} H100s at "
+                             f"{PLAN_MFU:.0%} MFU ({H100_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16 peak each)"))
+    else:
+        rows.append(("time", f"{_hours(flops_token * tokens, world):,.1f} hours on {world} H100s at {PLAN_MFU:.0%} "
+                             f"MFU ({H100_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16 peak each; "
+                             f"{flops_token * tokens:.2e} FLOPs)"))
+    return f"plan: pretrain {c.preset} on {cfg.data.mixture or 'the listed sources'}\n" + _rows(rows)
+
+
+def _prompt_tokens(cfg, problems) -> tuple[float, str]:
+    """Mean prompt length in tokens, with the tokenizer the RL run will use when it is here."""
+    from .tokenizer import Tokenizer
+
+    init = Path(cfg.rl.init) if cfg.rl.init else Path(cfg.out_dir) / "pretrain" / "model"
+    candidates = [(init / "tokenizer.json", f"{init}'s tokenizer")]
+    if cfg.data.tokenizer:
+        candidates.append((Path(cfg.data.tokenizer), "data.tokenizer"))
+    for path, what in candidates:
+        if path.exists():
+            ids = Tokenizer.load(path).encode_batch([p.question for p in problems])
+            return sum(map(len, ids)) / len(ids), what
+    return sum(len(p.question) for p in problems) / len(problems) / 4, "characters / 4: no tokenizer here yet"
+
+
+def rl_plan(cfg) -> str:
+    from .tasks import load_problems
+
+    r = cfg.rl
+    world, world_src = _world_size()
+    vocab, vocab_src = _vocab(cfg)
+    m = model_numbers(cfg.model, vocab)
+    source, _, split = r.train_source.partition(":")
+    try:
+        problems = load_problems(source, split or "train", n=r.train_problems or None,
+                                 **({"cfg": cfg.data.synthetic} if source == "synthetic" else
+                                    {"data_dir": cfg.eval.data_path} if cfg.eval.data_path else {}))
+        n_prompts = len(problems)
+        prompt, prompt_src = _prompt_tokens(cfg, problems)
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        problems, n_prompts, prompt, prompt_src = None, r.train_problems, 100.0, f"assumed ({e})"
+    rollout = r.prompts_per_step * r.samples_per_prompt
+    seq = prompt + r.max_new_tokens
+    tokens_step = rollout * seq  # upper bound: every response runs to max_new_tokens
+    opt_steps = r.steps * r.epochs * -(-rollout // r.minibatch_size)
+    # Per rollout: generation (2N per token), log-probs of the rollout policy (2N) and of the reference (2N, when
+    # kl_coef > 0), and the update's forward + backward (6N).
+    per_token = m.flops_per_token(int(seq)) * (1 + (2 + 2 + (2 if r.kl_coef > 0 else 0)) / 6)
+    flops = per_token * tokens_step * r.steps
+    micro = r.micro_batch_size or r.minibatch_size
+    states = 16 * m.params
+    ref = 4 * m.params if r.kl_coef > 0 else 0
+    c = m.config
+    kv = 2 * c.n_layers * c.d_model * 2 * seq * -(-rollout // world)  # bf16 keys + values of this GPU's rollouts
+    act = m.activation_bytes(micro, int(seq)) + 2 * micro * seq * c.vocab_size * 4  # + log_softmax, entropy (fp32)
+    rows = [
+        ("parameters", f"{m.params / 1e6:,.1f}M policy ({c.preset}, vocab {vocab:,} from {vocab_src})"
+                       + (f" + the same again as the reference model (kl_coef {r.kl_coef})" if r.kl_coef else
+                          "; no reference model (kl_coef 0)")),
+        ("GPUs", f"{world} ({world_src})"),
+        ("prompts", f"{r.train_source}: {n_prompts:,} questions (rl.train_problems {r.train_problems}: "
+                    f"{'all' if not r.train_problems else 'the first ' + str(r.train_problems)}), "
+                    f"{prompt:,.0f} tokens each on average ({prompt_src})"),
+        ("steps", f"{r.steps:,} rollouts x {r.prompts_per_step} prompts = {r.steps * r.prompts_per_step / max(1, n_prompts):.2f} "
+                  f"passes over the prompts; {opt_steps:,} optimizer steps (mini-batch {r.minibatch_size}, "
+                  f"{r.epochs} epoch)"),
+        ("global batch", f"{rollout} sequences per rollout ({r.prompts_per_step} x {r.samples_per_prompt} samples), "
+                         f"{r.minibatch_size} per optimizer step, {micro} per forward/backward"),
+        ("tokens per step", f"up to {tokens_step:,.0f} ({rollout} x ({prompt:,.0f} prompt + {r.max_new_tokens} new); "
+                            f"responses that stop at EOS are shorter)"),
+        ("tokens", f"up to {tokens_step * r.steps / 1e9:,.2f}B generated and trained on"),
+        ("memory per GPU", f"{_gb(states + ref + kv + act)} = {_gb(states)} policy with gradients and Adam + "
+                           f"{_gb(ref)} reference (fp32) + {_gb(kv)} KV cache ({-(-rollout // world)} sequences) + "
+                           f"{_gb(act)} update activations and logits (micro-batch {micro})"),
+        ("checkpoint", f"{_gb(12 * m.params)} each (fp32 weights + Adam moments), every {r.ckpt_every} steps"),
+        ("evaluation", f"{', '.join(cfg.eval.datasets)} every {r.eval_every} steps: greedy"
+                       + (f" + {cfg.eval.n_samples} samples per problem" if cfg.eval.n_samples else " only")
+                       + f", up to {cfg.eval.max_new_tokens} new tokens"),
+        ("time", f"{_hours(flops, world):,.1f} hours on {world} H100s at {PLAN_MFU:.0%} MFU for "
+                 f"{flops:.2e} FLOPs of training and rollouts (upper bound on tokens; generation is memory-bound "
+                 f"and runs well below {PLAN_MFU:.0%} MFU, evaluation not included)"),
+    ]
+    return f"plan: rl ({r.algo}) from {r.init or Path(cfg.out_dir) / 'pretrain' / 'model'}\n" + _rows(rows)
+
+
+def data_plan(cfg) -> str:
+    """The sources, the tokenizer and which token caches are already there."""
+    from .data import cache_folder, resolve_sources
+    from .tokenizer import Tokenizer
+
+    d = cfg.data
+    sources = resolve_sources(d)
+    cache_root = Path(d.cache_dir) if d.cache_dir else Path(cfg.out_dir) / "token_cache"
+    rows = []
+    tok = None
+    if d.tokenizer:
+        if Path(d.tokenizer).exists():
+            tok = Tokenizer.load(d.tokenizer, what="data.tokenizer")
+            rows.append(("tokenizer", f"{d.tokenizer}: {tok.vocab_size:,} tokens, EOS {tok.eos_token!r}"))
+        else:
+            rows.append(("tokenizer", f"{d.tokenizer}: MISSING (the build stops with an error until it is there)"))
+    else:
+        rows.append(("tokenizer", f"a {d.vocab_size:,}-token BPE trained on {d.tokenizer_docs:,} documents"))
+    for s in sources:
+        where = s.path if s.kind != "synthetic" else f"synthetic {s.format}, {s.n:,} problems"
+        status = ("its token cache is keyed by the tokenizer trained in the build" if not d.tokenizer else
+                  "its token cache is known once the tokenizer is there")
+        if tok is not None:
+            folder = cache_folder(s, d, tok.sha256(), cache_root)
+            if (folder / "meta.json").exists():
+                import json
+
+                meta = json.loads((folder / "meta.json").read_text())
+                status = f"cached in {folder}: {meta['documents']:,} documents, {meta['tokens']:,} tokens"
+            else:
+                status = f"to tokenize into {folder}"
+        rows.append((f"source {s.name}", f"{s.kind} {where}, x{s.repeat}; {status}"))
+    rows.append(("rows", f"{d.seq_len} tokens + 1; {d.val_fraction:.1%} of each source's documents held out"))
+    return f"plan: data {d.mixture or 'the listed sources'} -> {Path(cfg.out_dir) / 'data'}\n" + _rows(rows)
+
+
+PLANS = {"data": data_plan, "pretrain": pretrain_plan, "rl": rl_plan}
