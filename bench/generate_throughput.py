@@ -99,8 +99,8 @@ def main() -> None:
     ap.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"],
                     help="generation precision(s) to compare (bfloat16 = autocast for both samplers)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                    help="SampleConfig.compile for our sampler (auto compiles at batch 64 x 256 tokens)")
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="on",
+                    help="SampleConfig.compile for our sampler (auto: eager on a CPU)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per sampler and workload (median shown)")
     args = ap.parse_args()
     if args.threads:

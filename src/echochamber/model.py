@@ -18,7 +18,8 @@ working on contiguous fp32 (`_SplitHeadsRope`); short-sequence attention keeps i
 log-softmax are fused (`_LinearLogprobs`) so the (N, V) logits make three memory passes instead of ten; and
 `tune_cpu_allocator()` stops glibc from page-faulting every large activation in anew each step.
 The sampler's entry points are `prefill` and `decode`; `SampleCache` stores each prompt's keys and values
-once for all the samples that continue it.
+once for all the samples that continue it; `decode_step` is one decoding step on tensors only, which
+`torch.compile` can fuse (`compiled_decode_step`, with an eager fallback).
 """
 
 from __future__ import annotations
@@ -285,7 +286,7 @@ class SampleCache:
                    torch.zeros(shape, dtype=dtype, device=pk.device), torch.zeros_like(group), group, slot,
                    max(counts))
 
-    def keep(self, rows: torch.Tensor, upto: int, chunk: int = 64) -> None:
+    def keep(self, rows: torch.Tensor, upto: int, chunk: int = 16) -> None:
         """Keep only the live rows `rows` (ascending), in place: row rows[j] moves to row j of the buffers.
         Only the first `upto` slots (those written so far) move, `chunk` rows at a time through a small
         buffer; writing rows [j, j + chunk) never overwrites a later source, since rows[j'] >= j' for all j'."""

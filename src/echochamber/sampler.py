@@ -3,16 +3,19 @@
     gens = generate(model, prompts, SampleConfig(max_new_tokens=300, temperature=0.7, n=8), eos_id=eos, seed=0)
     gens[i * 8 + j]          # sample j of prompt i: .tokens (ending in EOS when .finished), .logprobs
 
-How it stays fast on a CPU (where decoding one token per row is bound by reading the KV cache):
+How it stays fast (a decode step at these widths costs in per-operation overhead, not arithmetic):
   * each distinct prompt is prefilled once (a right-padded batch under causal attention, so padding never
     reaches a real token), and its keys/values are stored once for all the samples that continue it: the
     attention over the prompt runs per prompt with its samples' queries stacked (model.SampleCache);
-  * each row's generated tokens go to a preallocated cache at the row's own position; masks hide the rest,
-    so prompts of different lengths decode together;
-  * rows that stop (EOS or length limit) are dropped from the batch and the cache once a quarter of the batch
-    has stopped, so finished sequences stop costing compute without copying the cache every step;
+  * the generated-token cache is allocated once, at full length, and written in place, one write per step
+    for all layers; masks hide unwritten slots, so prompts of different lengths decode together;
+  * the host looks at the batch only every CHECK_EVERY tokens (on a GPU each look is a synchronisation);
+    rows that stopped (EOS or length limit) are then dropped once a quarter of the batch has stopped, by
+    moving the kept rows forward inside the same buffers (no second copy of the cache);
+  * for big calls the decode step runs through torch.compile (dynamic shapes, eager fallback; see
+    model.compiled_decode_step and SampleConfig.compile);
   * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass;
-  * bf16 autocast is optional (SampleConfig.dtype); the cache stays fp32 on CPU (see below).
+  * bf16 autocast is optional (SampleConfig.dtype).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class SampleConfig:
     n: int = 1  # samples per prompt (paper: RL 8, evaluation 64)
     dtype: Literal["float32", "bfloat16"] = "float32"  # forward-pass precision (bfloat16: autocast, ~2x faster
     # on CPUs with bf16 units; the log-probabilities are still fp32 softmaxes, of bf16-rounded logits)
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the decode step; auto: for big calls only
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the decode step; auto: big calls on a GPU
 
 
 @dataclass
@@ -56,9 +59,7 @@ COMPACT_FRACTION = 0.25
 CHECK_EVERY = 8
 # A step attends to its rows' generated-token cache up to a multiple of this many slots (few distinct shapes).
 WIDTH_STEP = 32
-# compile="auto" compiles the decode step when a call decodes at least this many rows x tokens (batch 64 x 256):
-# compiling costs seconds the first time in a process (see bench/README.md), a fraction of a second to fetch
-# from inductor's cache later.
+# compile="auto" compiles the decode step on a GPU when a call decodes at least this many rows x tokens.
 COMPILE_MIN_WORK = 64 * 256
 
 
@@ -83,14 +84,16 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 
 
 def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
-    """Whether to decode through torch.compile: cfg.compile "on"/"off", or for "auto" when the call is big
-    enough to pay back the compile time (COMPILE_MIN_WORK) on a device inductor supports. The environment
-    variable ECHOCHAMBER_COMPILE=0 turns compilation off everywhere (e.g. where it is known to misbehave)."""
-    if cfg.compile == "off" or os.environ.get("ECHOCHAMBER_COMPILE", "1") == "0":
-        return False
-    if cfg.compile == "on":
-        return True
-    return device.type in ("cpu", "cuda") and rows * cfg.max_new_tokens >= COMPILE_MIN_WORK
+    """Whether to decode through torch.compile. cfg.compile "on"/"off" decide; "auto" compiles on a GPU for
+    calls of at least COMPILE_MIN_WORK rows x tokens, and stays eager on a CPU, where compiling costs about
+    50 s on 2 cores (20 s from inductor's cache), more than a laptop run's sampling gains back (bench/README.md).
+    The environment variable ECHOCHAMBER_COMPILE=1 or 0 turns "auto" on or off everywhere."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    forced = os.environ.get("ECHOCHAMBER_COMPILE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return device.type == "cuda" and rows * cfg.max_new_tokens >= COMPILE_MIN_WORK
 
 
 def _check(model: OLMo, prompts: list[list[int]], cfg: SampleConfig) -> None:
@@ -123,9 +126,12 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     device = model.wte.weight.device
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = cfg.dtype == "bfloat16"
-    # On CPU the cache stays fp32 even under bf16 autocast: single-query attention over a bf16 cache runs
-    # slower there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the bytes.
-    cache_dtype = torch.bfloat16 if amp and device.type != "cpu" else model.wte.weight.dtype
+    compiled = use_compile(cfg, N, device)
+    # Eager on CPU, the cache stays fp32 even under bf16 autocast: single-query attention over a bf16 cache
+    # runs slower there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the
+    # bytes. Compiled kernels read bf16 at full speed.
+    bf16_cache = amp and (device.type != "cpu" or (compiled and os.environ.get("EC_BF16CACHE", "1") == "1"))
+    cache_dtype = torch.bfloat16 if bf16_cache else model.wte.weight.dtype
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     # Distinct prompts, each prefilled once; row r of the sampling batch continues prompt r // n.
@@ -144,7 +150,6 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     from tqdm import tqdm
 
     bar = tqdm(total=int(limit.sum()), desc="generate", unit="tok", disable=not progress, dynamic_ncols=True)
-    compiled = use_compile(cfg, N, device)
     with autocast:
         P = int(plen.max())
         idx = torch.zeros((len(uniq), P), dtype=torch.long, device=device)  # right-padded with 0s
