@@ -1,13 +1,14 @@
 """Two training jobs at once on the same cores: how much each slows down, with and without `echochamber.cpu`.
 
 Each job is a separate process that sets its threads the way the CLI does (`echochamber.cpu.configure()`,
-before importing torch) and then times pretraining steps of our OLMo (forward + backward + AdamW, bf16
+before importing torch; skipped in the "OpenMP default" scenarios, as before that module) and then times pretraining steps of our OLMo (forward + backward + AdamW, bf16
 autocast, olmo-tiny, 32 x 256 tokens). Scenarios, each one's jobs started together:
 
-  alone                one job, default settings (all cores)
-  2 jobs, default      two jobs, as before `echochamber.cpu`: all cores each, OpenMP threads spin while idle
-  2 jobs, PASSIVE      two jobs, all cores each, OMP_WAIT_POLICY=PASSIVE only
-  2 jobs, JOBS=2       two jobs with ECHOCHAMBER_JOBS=2: cores // 2 threads each, OMP_WAIT_POLICY=PASSIVE
+  alone, OpenMP default    one job, all cores, OpenMP's own wait policy (threads spin a while when idle)
+  alone                    one job as the CLI runs it: all cores, OMP_WAIT_POLICY=PASSIVE
+  2 jobs, OpenMP default   two jobs as before `echochamber.cpu`: all cores each, spinning
+  2 jobs                   two jobs as the CLI runs them when not told: all cores each, PASSIVE
+  2 jobs, JOBS=2           two jobs with ECHOCHAMBER_JOBS=2: cores // 2 threads each, PASSIVE
 
 Reported: each job's median seconds per step and its slowdown against `alone` (2.0x = an even half of the
 machine each). Run it with nothing else on the cores (it holds them all for about a minute):
@@ -24,20 +25,21 @@ import subprocess
 import sys
 import time
 
-SCENARIOS = {  # name -> (number of jobs, environment for each)
-    "alone": (1, {}),
-    "alone, PASSIVE": (1, {"OMP_WAIT_POLICY": "PASSIVE"}),
-    "2 jobs, default": (2, {}),
-    "2 jobs, PASSIVE": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
-    "2 jobs, JOBS=2": (2, {"ECHOCHAMBER_JOBS": "2"}),
+SCENARIOS = {  # name -> (number of jobs, environment for each, whether the job calls echochamber.cpu.configure)
+    "alone, OpenMP default": (1, {}, False),
+    "alone": (1, {}, True),
+    "2 jobs, OpenMP default": (2, {}, False),
+    "2 jobs": (2, {}, True),
+    "2 jobs, JOBS=2": (2, {"ECHOCHAMBER_JOBS": "2"}, True),
 }
 
 
-def child(steps: int) -> None:
-    """One job: configure threads like the CLI, then time `steps` training steps; print seconds per step."""
+def child(steps: int, configure_threads: bool) -> None:
+    """One job: configure threads like the CLI (or not), then time `steps` training steps; print seconds per
+    step, threads and wait policy."""
     from echochamber.cpu import configure
 
-    settings = configure()
+    settings = configure() if configure_threads else {}
     import torch
 
     from echochamber.model import ModelConfig, OLMo, tune_cpu_allocator
@@ -62,24 +64,25 @@ def child(steps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10, help="timed training steps per job")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["configure", "plain"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.steps)
+        return child(args.steps, args.child == "configure")
 
     base = {k: v for k, v in os.environ.items()
             if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "ECHOCHAMBER_JOBS", "ECHOCHAMBER_THREADS")}
-    cmd = [sys.executable, __file__, "--child", "--steps", str(args.steps)]
+    cmd = [sys.executable, __file__, "--steps", str(args.steps), "--child"]
     print(f"\n{os.cpu_count()} cores; each job: {args.steps} training steps of olmo-tiny, 32 x 256 tokens, bf16\n")
-    print(f"{'scenario':<18} {'job':>3} {'threads':>7} {'wait':>8} {'s/step':>7} {'slowdown':>9}")
+    print(f"{'scenario':<24} {'job':>3} {'threads':>7} {'wait':>8} {'s/step':>7} {'slowdown':>9}")
     alone = None
-    for name, (n, env) in SCENARIOS.items():
-        procs = [subprocess.Popen(cmd, env={**base, **env}, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    for name, (n, env, configure_threads) in SCENARIOS.items():
+        argv = cmd + ["configure" if configure_threads else "plain"]
+        procs = [subprocess.Popen(argv, env={**base, **env}, stdout=subprocess.PIPE, text=True) for _ in range(n)]
         outs = [p.communicate()[0].split() for p in procs]
         for j, (sec, threads, wait) in enumerate(outs):
             sec = float(sec)
             alone = sec if alone is None else alone
-            print(f"{name:<18} {j:>3} {threads:>7} {wait:>8} {sec:>7.3f} {sec / alone:>8.2f}x")
+            print(f"{name:<24} {j:>3} {threads:>7} {wait:>8} {sec:>7.3f} {sec / alone:>8.2f}x")
     print("\nslowdown: seconds per step against the first 'alone' job; 2.00x = each job gets half the machine")
 
 
