@@ -1,7 +1,6 @@
 """OLMo model: sizes, causality, tying, persistence, and the hand-written kernels against plain PyTorch."""
 
 import json
-import math
 
 import pytest
 import torch
