@@ -1,7 +1,6 @@
 """OLMo model: sizes, causality, tying, persistence, and the hand-written kernels against plain PyTorch."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -210,18 +209,35 @@ def test_prefill_and_decode_match_full_forward():
         assert pk.shape == (2, 2, 2, 12, 32)
         cache = SampleCache.start(pk, pv, lengths, torch.tensor([0, 1, 1]), 8, torch.float32)
         assert cache.slot.tolist() == [0, 0, 1] and cache.n_slots == 2
-        bias = torch.zeros(2, 1, 1, 12).masked_fill_((torch.arange(12) >= lengths[:, None])[:, None, None], -math.inf)
         seqs = [x[0].tolist(), x[1, :7].tolist(), x[1, :7].tolist()]
         for step in range(3):
             nxt = torch.tensor([5 + step, 9, 40 + step])
-            logits = model.decode(nxt, cache, bias)
+            logits = model.decode(nxt, cache, width=4 if step < 2 else 8)  # any width covering glen + 1
             for r in range(3):
                 seqs[r].append(int(nxt[r]))
                 torch.testing.assert_close(logits[r], model(torch.tensor([seqs[r]]))[0, -1], atol=1e-5, rtol=0)
         assert cache.glen.tolist() == [3, 3, 3]
-        kept = cache.select(torch.tensor([2]))  # drop rows 0 and 1: row 2 goes on unchanged
-        logits = model.decode(torch.tensor([7]), kept, bias)
+        k_row2 = cache.k[:, 2, :, :3].clone()
+        cache.keep(torch.tensor([2]), upto=3)  # drop rows 0 and 1: row 2 moves to the front, in place
+        assert cache.rows == 1 and cache.k.shape[1] == 3 and torch.equal(cache.k[:, 0, :, :3], k_row2)
+        logits = model.decode(torch.tensor([7]), cache, width=4)
         torch.testing.assert_close(logits[0], model(torch.tensor([seqs[2] + [7]]))[0, -1], atol=1e-5, rtol=0)
+
+
+def test_keep_moves_rows_in_place_in_chunks():
+    """Compaction with chunks smaller than the shift between rows: every kept row's cache arrives intact."""
+    L, R, H, G, hd = 2, 9, 2, 5, 4
+    pk = torch.zeros(L, 1, H, 3, hd)
+    cache = SampleCache.start(pk, pk, torch.tensor([3]), torch.zeros(R, dtype=torch.long), G, torch.float32)
+    cache.k.copy_(torch.randn(cache.k.shape))
+    cache.v.copy_(torch.randn(cache.v.shape))
+    before_k, before_v = cache.k.clone(), cache.v.clone()
+    cache.glen = torch.arange(R)
+    keep = torch.tensor([1, 2, 5, 6, 7])
+    cache.keep(keep, upto=4, chunk=2)
+    torch.testing.assert_close(cache.k[:, :5, :, :4], before_k[:, keep, :, :4], rtol=0, atol=0)
+    torch.testing.assert_close(cache.v[:, :5, :, :4], before_v[:, keep, :, :4], rtol=0, atol=0)
+    assert cache.glen.tolist() == keep.tolist() and cache.slot.tolist() == keep.tolist()
 
 
 def test_training_step_learns_a_repeated_batch():

@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .cpu import configure
+
+    configure()  # threads and OpenMP wait policy (ECHOCHAMBER_JOBS), before anything imports torch
     args = build_parser().parse_args(argv)
     if args.command not in ("grade", "report"):
         from .model import tune_cpu_allocator

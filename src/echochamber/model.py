@@ -18,14 +18,15 @@ working on contiguous fp32 (`_SplitHeadsRope`); short-sequence attention keeps i
 log-softmax are fused (`_LinearLogprobs`) so the (N, V) logits make three memory passes instead of ten; and
 `tune_cpu_allocator()` stops glibc from page-faulting every large activation in anew each step.
 The sampler's entry points are `prefill` and `decode`; `SampleCache` stores each prompt's keys and values
-once for all the samples that continue it.
+once for all the samples that continue it; `decode_step` is one decoding step on tensors only, which
+`torch.compile` can fuse (`compiled_decode_step`, with an eager fallback).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -248,16 +249,20 @@ class SampleCache:
     Each prompt's keys/values are stored ONCE (`pk`, `pv`), however many samples continue it; each row stores
     only its own generated tokens (`k`, `v`). A decode step attends to both parts and merges the two softmaxes
     (see `_decode_attention`), so n samples of a prompt read its cache once per step instead of n times (on a
-    CPU single-token decoding is bound by reading the cache), and dropping finished rows copies only their
-    generated part. Row b continues
-    prompt group[b] as its slot[b]-th sample; it holds glen[b] generated tokens (slots past that are stale)."""
+    CPU single-token decoding is bound by reading the cache). The generated-token buffers are allocated once,
+    at full length, and written in place: the live rows are the first B of them (`rows`), and dropping
+    finished rows moves the kept ones forward inside the same buffers (`keep`), so no step ever holds two
+    copies of the cache (512 rows x 1024 tokens of the 1B model in bf16 is 32 GiB each for k and v).
+    Row b continues prompt group[b] as its slot[b]-th sample; it holds glen[b] generated tokens (slots past
+    that are stale)."""
 
     pk: torch.Tensor  # (L, U, H, P, hd) prompt keys, right-padded
     pv: torch.Tensor  # (L, U, H, P, hd)
     plen: torch.Tensor  # (U,) prompt lengths
-    k: torch.Tensor  # (L, B, H, G, hd) generated-token keys, G = capacity
-    v: torch.Tensor  # (L, B, H, G, hd)
-    glen: torch.Tensor  # (B,) generated tokens stored per row
+    prompt_bias: torch.Tensor  # (U, 1, 1, P): 0 on each prompt's real positions, -inf on its padding
+    k: torch.Tensor  # (L, R, H, G, hd) generated-token keys for R >= B rows, G = capacity
+    v: torch.Tensor  # (L, R, H, G, hd)
+    glen: torch.Tensor  # (B,) generated tokens stored per live row
     group: torch.Tensor  # (B,) which prompt each row continues
     slot: torch.Tensor  # (B,) index of the row among its prompt's rows, < n_slots
     n_slots: int  # most rows any prompt has
@@ -266,65 +271,133 @@ class SampleCache:
     def start(cls, pk: torch.Tensor, pv: torch.Tensor, plen: torch.Tensor, group: torch.Tensor, capacity: int,
               dtype: torch.dtype) -> "SampleCache":
         """Rows continuing prompts `group` (B,), none generated yet, room for `capacity` new tokens each."""
-        L, U, H, _, hd = pk.shape
+        L, U, H, P, hd = pk.shape
         counts, slots = [0] * U, []
         for g in group.tolist():  # the r-th row of prompt g gets slot r
             slots.append(counts[g])
             counts[g] += 1
         slot = torch.tensor(slots, dtype=torch.long, device=group.device)
+        bias = torch.zeros((U, 1, 1, P), dtype=dtype, device=pk.device)
+        bias.masked_fill_((torch.arange(P, device=pk.device) >= plen[:, None])[:, None, None], MASKED)
         # Zeros, not torch.empty: masked slots get probability 0, but 0 * NaN garbage would still be NaN.
         shape = (L, len(group), H, capacity, hd)
-        return cls(pk.to(dtype), pv.to(dtype), plen, torch.zeros(shape, dtype=dtype, device=pk.device),
+        return cls(pk.to(dtype), pv.to(dtype), plen, bias, torch.zeros(shape, dtype=dtype, device=pk.device),
                    torch.zeros(shape, dtype=dtype, device=pk.device), torch.zeros_like(group), group, slot,
                    max(counts))
 
-    def select(self, rows: torch.Tensor, capacity: int | None = None) -> "SampleCache":
-        """Keep only `rows` (e.g. the unfinished ones), optionally with room for `capacity` generated tokens
-        (default: unchanged). Copies the rows' generated-token cache; the prompts' is shared, not copied."""
-        upto = int(self.glen.max())
-        capacity = self.capacity if capacity is None else capacity
-        shape = (self.k.shape[0], len(rows), self.k.shape[2], capacity, self.k.shape[4])  # (L, B', H, G, hd)
-        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)  # zeros: see `start`
-        k[:, :, :, :upto] = self.k[:, rows, :, :upto]
-        v[:, :, :, :upto] = self.v[:, rows, :, :upto]
-        return dataclasses.replace(self, k=k, v=v, glen=self.glen[rows], group=self.group[rows], slot=self.slot[rows])
+    def keep(self, rows: torch.Tensor, upto: int, chunk: int = 16) -> None:
+        """Keep only the live rows `rows` (ascending), in place: row rows[j] moves to row j of the buffers.
+        Only the first `upto` slots (those written so far) move, `chunk` rows at a time through a small
+        buffer; writing rows [j, j + chunk) never overwrites a later source, since rows[j'] >= j' for all j'."""
+        for j in range(0, len(rows), chunk):
+            src = rows[j:j + chunk]
+            for buf in (self.k, self.v):
+                buf[:, j:j + len(src), :, :upto] = buf[:, src, :, :upto]
+        self.glen, self.group, self.slot = self.glen[rows], self.group[rows], self.slot[rows]
+
+    @property
+    def rows(self) -> int:
+        return len(self.glen)
 
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
 
 
-def _decode_attention(q: torch.Tensor, cache: SampleCache, layer: int, prompt_bias: torch.Tensor,
-                      own_bias: torch.Tensor) -> torch.Tensor:
-    """Attention of one new query per row over its prompt and its own generated tokens -> (B, H, hd).
+# Score added to masked cache slots: finite, so that a row with every slot masked (no generated token yet) gets
+# weight exp(MASKED - m) = 0 for the block instead of exp(-inf + inf) = NaN. Representable in bf16.
+MASKED = -1e30
 
-    The prompt part runs per prompt with that prompt's rows stacked as a matrix of queries (U, H, n, hd), so
-    its keys are read once; the own part runs per row. Each part gives an unnormalised output o, its max
-    score m and its softmax mass l; they merge exactly (the two-block case of flash attention):
-        out = (o_A e^(m_A - m) + o_B e^(m_B - m)) / (l_A e^(m_A - m) + l_B e^(m_B - m)),  m = max(m_A, m_B)
-    prompt_bias (U, 1, 1, P) and own_bias (B, 1, G', 1) are 0 where a key is visible and -inf elsewhere."""
-    B, H, _, hd = q.shape
+
+def _decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, pk: torch.Tensor,
+                      pv: torch.Tensor, prompt_bias: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      own_bias: torch.Tensor, group: torch.Tensor, slot: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """Attention of one new query per row over its prompt, its earlier generated tokens and itself -> (B, H, hd).
+
+    q, k_new, v_new (B, H, hd): the new token's; one layer's prompt keys/values pk, pv (U, H, P, hd) and cached
+    generated keys/values k, v (B, H, W, hd). The prompt part runs per prompt with that prompt's rows stacked
+    as a matrix of queries (U, H, n, hd), so its keys are read once; the cached part runs per row; the new
+    token is its own block (it is written to the cache after the step). Each block gives an unnormalised
+    output o, its max score m and its softmax mass l; they merge exactly (flash attention's block merge):
+        out = sum_j o_j e^(m_j - m) / sum_j l_j e^(m_j - m),  m = max_j m_j
+    prompt_bias (U, 1, 1, P) and own_bias (B, 1, W, 1) are 0 where a key is visible, MASKED elsewhere."""
+    B, H, hd = q.shape
     scale = hd ** -0.5
-    U, G = cache.pk.shape[1], own_bias.shape[-2]
     # Prompt part, (U, H, n_slots, .) layout; empty slots hold zero queries whose results are never read.
-    qg = q.new_zeros((U, cache.n_slots, H, hd))
-    qg[cache.group, cache.slot] = q[:, :, 0]
-    s = torch.matmul(qg.transpose(1, 2), cache.pk[layer].transpose(-1, -2)).mul_(scale).add_(prompt_bias)
+    qg = q.new_zeros((pk.shape[0], n_slots, H, hd))
+    qg[group, slot] = q
+    s = torch.matmul(qg.transpose(1, 2), pk.transpose(-1, -2)).mul_(scale).add_(prompt_bias)
     m_a = s.amax(dim=-1, keepdim=True)  # (U, H, n, 1)
     p = s.sub_(m_a).exp_()
     l_a = p.sum(dim=-1, keepdim=True)
-    o_a = torch.matmul(p, cache.pv[layer])  # (U, H, n, hd)
-    o_a, m_a, l_a = (t[cache.group, :, cache.slot] for t in (o_a, m_a, l_a))  # (B, H, hd), (B, H, 1) x 2
-    # Own part: this row's generated tokens, the new one included. Scores as K q (matrix-vector), which CPU
-    # BLAS runs ~1.5x faster than q K^T (vector-matrix).
-    s = torch.matmul(cache.k[layer][:, :, :G], q.transpose(-1, -2)).mul_(scale).add_(own_bias)  # (B, H, G, 1)
+    o_a = torch.matmul(p, pv)  # (U, H, n, hd)
+    o_a, m_a, l_a = (t[group, :, slot] for t in (o_a, m_a, l_a))  # (B, H, hd), (B, H, 1) x 2
+    # Cached part: the row's earlier generated tokens. Scores as K q (matrix-vector), which CPU BLAS runs ~1.5x
+    # faster than q K^T (vector-matrix).
+    s = torch.matmul(k, q[..., None]).mul_(scale).add_(own_bias)  # (B, H, W, 1)
     m_b = s.amax(dim=-2)  # (B, H, 1)
     p = s.sub_(m_b[:, :, None]).exp_()
     l_b = p.sum(dim=-2)  # (B, H, 1)
-    o_b = torch.matmul(p.transpose(-1, -2), cache.v[layer][:, :, :G])[:, :, 0]  # (B, H, hd)
-    m = torch.maximum(m_a, m_b)
-    w_a, w_b = (m_a - m).exp_(), (m_b - m).exp_()
-    return (o_a * w_a + o_b * w_b) / (l_a * w_a + l_b * w_b)
+    o_b = torch.matmul(p.transpose(-1, -2), v)[:, :, 0]  # (B, H, hd)
+    # The new token: one score per row and head, mass e^0 = 1 at its own max.
+    m_c = (q * k_new).sum(dim=-1, keepdim=True).mul_(scale)  # (B, H, 1)
+    m = torch.maximum(torch.maximum(m_a, m_b), m_c)
+    w_a, w_b, w_c = (m_a - m).exp_(), (m_b - m).exp_(), (m_c - m).exp_()
+    return (o_a * w_a + o_b * w_b + v_new * w_c) / (l_a * w_a + l_b * w_b + w_c)
+
+
+def decode_step(model: "OLMo", tokens: torch.Tensor, glen: torch.Tensor, plen: torch.Tensor, group: torch.Tensor,
+                slot: torch.Tensor, n_slots: int, pk: torch.Tensor, pv: torch.Tensor, prompt_bias: torch.Tensor,
+                k: torch.Tensor, v: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoding step on tensors only (what `torch.compile` sees), which reads the cache and writes nothing:
+    rows' new tokens (B,) -> fp32 logits (B, V) and the new tokens' keys and values, each (L, B, H, hd), for
+    the caller to store at slot glen[b] (one write for all layers). Row b attends to its prompt (pk, pv
+    (L, U, H, P, hd)), to its cached tokens, slots [0, glen[b]) of the buffers k, v (L, R >= B, H, G, hd)
+    (read up to slot `width`), and to itself. The buffers come whole, sliced here, so that their strides
+    never change between calls (a compiled graph guards on strides)."""
+    B = tokens.shape[0]
+    pos = plen[group] + glen  # (B,) absolute position of the new token
+    hidden = torch.arange(width, device=tokens.device) >= glen[:, None]  # (B, W): slots not written yet
+    own_bias = torch.zeros(hidden.shape, dtype=k.dtype, device=k.device).masked_fill_(hidden, MASKED)
+    own_bias = own_bias[:, None, :, None]  # (B, 1, W, 1)
+    cos, sin = model.rope_cos[pos][:, None, None, None, :], model.rope_sin[pos][:, None, None, None, :]
+    keys, values = [], []
+    x = model.wte(tokens[:, None])  # (B, 1, C)
+    for i, block in enumerate(model.blocks):
+
+        def attend(q_i, k_i, v_i, i=i):  # each (B, H, 1, hd)
+            keys.append(k_i[:, :, 0].to(k.dtype))
+            values.append(v_i[:, :, 0].to(v.dtype))
+            with torch.autocast(x.device.type, enabled=False):  # read the cache in its own dtype
+                y = _decode_attention(q_i[:, :, 0].to(k.dtype), keys[-1], values[-1], pk[i], pv[i], prompt_bias,
+                                      k[i, :B, :, :width], v[i, :B, :, :width], own_bias, group, slot, n_slots)
+            return y[:, :, None].to(v_i.dtype)
+
+        x = block(x, cos, sin, attend)
+    return model.lm_head(layer_norm(x[:, 0])).float(), torch.stack(keys), torch.stack(values)
+
+
+# `decode_step` under torch.compile: None until first use, False once compilation failed in this process.
+_COMPILED_DECODE = None
+
+
+def compiled_decode_step():
+    """`decode_step` compiled by torch.compile (inductor: the dozens of small operations of a decode step fused
+    into a few kernels), or the eager `decode_step` where compilation failed before. Shapes are dynamic, so the
+    batch shrinking and the attended width growing reuse one compiled graph (sizes 0 and 1 still get their own).
+    Compiled code is cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER), so
+    later processes load it in a few seconds instead of compiling again."""
+    global _COMPILED_DECODE
+    if _COMPILED_DECODE is None:
+        _COMPILED_DECODE = torch.compile(decode_step, dynamic=True, fullgraph=True)
+    return _COMPILED_DECODE or decode_step
+
+
+def _disable_compile(err: Exception) -> None:
+    global _COMPILED_DECODE
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: {first}); decoding eagerly")
+    _COMPILED_DECODE = False
 
 
 class Attention(nn.Module):
@@ -433,51 +506,54 @@ class OLMo(nn.Module):
 
     # -- KV-cache entry points for the sampler ---------------------------------------------------------------
 
-    def prefill(self, idx: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prefill(self, idx: torch.Tensor, lengths: torch.Tensor,
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded prompts idx (U, P) (row u real for its first lengths[u] tokens) -> fp32 logits (U, V) at
-        each prompt's last token, and the keys and values of every layer, each (L, U, H, P, hd). Causal
-        attention means the padding after a prompt never affects its real positions; decode masks it out."""
+        each prompt's last token, and the keys and values of every layer, each (L, U, H, P, hd) in `dtype`
+        (default: the weights'), written straight into one buffer each. Causal attention means the padding
+        after a prompt never affects its real positions; decode masks it out."""
         U, P = idx.shape
+        cfg = self.config
         cos, sin = self.rope_cos[:P, None, None, :], self.rope_sin[:P, None, None, :]  # (P, 1, 1, hd)
-        keys, values = [], []
-
-        def attend(q, k, v):
-            keys.append(k)
-            values.append(v)
-            return causal_attention(q, k, v)
-
+        shape = (cfg.n_layers, U, cfg.n_heads, P, cfg.head_dim)
+        dtype = self.wte.weight.dtype if dtype is None else dtype
+        keys = torch.empty(shape, dtype=dtype, device=idx.device)
+        values = torch.empty(shape, dtype=dtype, device=idx.device)
         x = self.wte(idx)
-        for block in self.blocks:
-            x = block(x, cos, sin, attend)
-        last = x[torch.arange(U, device=idx.device), lengths - 1]  # (U, C)
-        return self.lm_head(layer_norm(last)).float(), torch.stack(keys), torch.stack(values)
-
-    def decode(self, tokens: torch.Tensor, cache: SampleCache, prompt_bias: torch.Tensor) -> torch.Tensor:
-        """Append one token per row (tokens (B,)) after its prompt and generated tokens; returns fp32 logits
-        (B, V). prompt_bias (U, 1, 1, P): 0 on each prompt's real positions, -inf on its padding."""
-        if int(cache.glen.max()) >= cache.capacity:
-            raise ValueError(f"sample cache full ({cache.capacity} generated tokens per row)")
-        pos = cache.plen[cache.group] + cache.glen  # (B,) absolute position of the new token
-        if int(pos.max()) >= self.config.max_seq_len:
-            raise ValueError(f"position {int(pos.max())} is past the model's max_seq_len {self.config.max_seq_len}")
-        G = int(cache.glen.max()) + 1
-        hidden = torch.arange(G, device=tokens.device) > cache.glen[:, None]  # (B, G): slots past the new token
-        own_bias = torch.where(hidden, -math.inf, 0.0).to(cache.k.dtype)[:, None, :, None]  # (B, 1, G, 1)
-        cos, sin = self.rope_cos[pos][:, None, None, None, :], self.rope_sin[pos][:, None, None, None, :]
-        rows = torch.arange(len(tokens), device=tokens.device)
-        x = self.wte(tokens[:, None])  # (B, 1, C)
         for i, block in enumerate(self.blocks):
 
-            def attend(q, k, v, i=i):  # q, k, v: (B, H, 1, hd)
-                cache.k[i][rows, :, cache.glen] = k[:, :, 0].to(cache.k.dtype)  # store at each row's next slot
-                cache.v[i][rows, :, cache.glen] = v[:, :, 0].to(cache.v.dtype)
-                with torch.autocast(x.device.type, enabled=False):  # read the cache in its own dtype
-                    y = _decode_attention(q.to(cache.k.dtype), cache, i, prompt_bias, own_bias)
-                return y[:, :, None].to(v.dtype)
+            def attend(q, k, v, i=i):
+                keys[i].copy_(k)
+                values[i].copy_(v)
+                return causal_attention(q, k, v)
 
             x = block(x, cos, sin, attend)
+        last = x[torch.arange(U, device=idx.device), lengths - 1]  # (U, C)
+        return self.lm_head(layer_norm(last)).float(), keys, values
+
+    def decode(self, tokens: torch.Tensor, cache: SampleCache, width: int, compiled: bool = False) -> torch.Tensor:
+        """Append one token per live row (tokens (B,)) after its prompt and generated tokens; returns fp32
+        logits (B, V). Each row attends to the first `width` slots of its generated-token cache, which must
+        cover its glen (the caller rounds it up so that compiled code sees few distinct shapes); then the new
+        keys and values go to slot glen of every row, for all layers at once. No host synchronisation: the
+        caller keeps glen < capacity and prompt + generated < max_seq_len.
+        compiled: run `decode_step` through torch.compile (see `compiled_decode_step`)."""
+        step = compiled_decode_step() if compiled else decode_step
+        B = len(tokens)
+        args = (tokens, cache.glen, cache.plen, cache.group, cache.slot, cache.n_slots, cache.pk, cache.pv,
+                cache.prompt_bias, cache.k, cache.v, width)
+        try:
+            logits, k, v = step(self, *args)
+        except Exception as e:  # compilation unavailable or failed here: decode eagerly from now on
+            if step is decode_step:
+                raise
+            _disable_compile(e)
+            logits, k, v = decode_step(self, *args)
+        rows = torch.arange(B, device=tokens.device)
+        cache.k[:, rows, :, cache.glen] = k.transpose(0, 1)  # (B, L, H, hd): row b's token at its slot glen[b]
+        cache.v[:, rows, :, cache.glen] = v.transpose(0, 1)
         cache.glen = cache.glen + 1
-        return self.lm_head(layer_norm(x[:, 0])).float()
+        return logits
 
     # -- persistence -------------------------------------------------------------------------------------------
 

@@ -3,22 +3,25 @@
     gens = generate(model, prompts, SampleConfig(max_new_tokens=300, temperature=0.7, n=8), eos_id=eos, seed=0)
     gens[i * 8 + j]          # sample j of prompt i: .tokens (ending in EOS when .finished), .logprobs
 
-How it stays fast on a CPU (where decoding one token per row is bound by reading the KV cache):
+How it stays fast (a decode step at these widths costs in per-operation overhead, not arithmetic):
   * each distinct prompt is prefilled once (a right-padded batch under causal attention, so padding never
     reaches a real token), and its keys/values are stored once for all the samples that continue it: the
     attention over the prompt runs per prompt with its samples' queries stacked (model.SampleCache);
-  * each row's generated tokens go to a preallocated cache at the row's own position; masks hide the rest,
-    so prompts of different lengths decode together;
-  * rows that stop (EOS or length limit) are dropped from the batch and the cache once a quarter of the batch
-    has stopped, so finished sequences stop costing compute without copying the cache every step;
+  * the generated-token cache is allocated once, at full length, and written in place, one write per step
+    for all layers; masks hide unwritten slots, so prompts of different lengths decode together;
+  * the host looks at the batch only every CHECK_EVERY tokens (on a GPU each look is a synchronisation);
+    rows that stopped (EOS or length limit) are then dropped once a quarter of the batch has stopped, by
+    moving the kept rows forward inside the same buffers (no second copy of the cache);
+  * for big calls the decode step runs through torch.compile (dynamic shapes, eager fallback; see
+    model.compiled_decode_step and SampleConfig.compile);
   * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass;
-  * bf16 autocast is optional (SampleConfig.dtype); the cache stays fp32 on CPU (see below).
+  * bf16 autocast is optional (SampleConfig.dtype).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +42,7 @@ class SampleConfig:
     n: int = 1  # samples per prompt (paper: RL 8, evaluation 64)
     dtype: Literal["float32", "bfloat16"] = "float32"  # forward-pass precision (bfloat16: autocast, ~2x faster
     # on CPUs with bf16 units; the log-probabilities are still fp32 softmaxes, of bf16-rounded logits)
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the decode step; auto: big calls on a GPU
 
 
 @dataclass
@@ -49,10 +53,14 @@ class Generation:
     finished: bool  # True when it stopped at EOS, False when it hit max_new_tokens or the context length
 
 
-# Drop stopped rows from the batch once this fraction of it has stopped (each drop copies the cache).
+# Drop stopped rows from the batch once this fraction of it has stopped (each drop moves the kept rows' cache).
 COMPACT_FRACTION = 0.25
-# Generated tokens the cache has room for at first; it doubles when full (up to max_new_tokens).
-INITIAL_CAPACITY = 256
+# The host checks which rows have stopped every this many tokens: each check is a device synchronisation.
+CHECK_EVERY = 8
+# A step attends to its rows' generated-token cache up to a multiple of this many slots (few distinct shapes).
+WIDTH_STEP = 32
+# compile="auto" compiles the decode step on a GPU when a call decodes at least this many rows x tokens.
+COMPILE_MIN_WORK = 64 * 256
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -75,10 +83,24 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     return tok, logp
 
 
+def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
+    """Whether to decode through torch.compile. cfg.compile "on"/"off" decide; "auto" compiles on a GPU for
+    calls of at least COMPILE_MIN_WORK rows x tokens, and stays eager on a CPU, where compiling costs about
+    50 s on 2 cores (20 s from inductor's cache), more than a laptop run's sampling gains back (bench/README.md).
+    The environment variable ECHOCHAMBER_COMPILE=1 or 0 turns "auto" on or off everywhere."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    forced = os.environ.get("ECHOCHAMBER_COMPILE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return device.type == "cuda" and rows * cfg.max_new_tokens >= COMPILE_MIN_WORK
+
+
 def _check(model: OLMo, prompts: list[list[int]], cfg: SampleConfig) -> None:
-    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.n < 1 or cfg.max_new_tokens < 0:
-        raise ValueError(f"SampleConfig: need temperature >= 0, 0 < top_p <= 1, n >= 1, max_new_tokens >= 0; "
-                         f"got {cfg}")
+    if (cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.n < 1 or cfg.max_new_tokens < 0
+            or cfg.compile not in ("auto", "on", "off")):
+        raise ValueError(f"SampleConfig: need temperature >= 0, 0 < top_p <= 1, n >= 1, max_new_tokens >= 0, "
+                         f"compile auto/on/off; got {cfg}")
     V, S = model.config.vocab_size, model.config.max_seq_len
     for i, p in enumerate(prompts):
         if len(p) == 0:
@@ -104,9 +126,12 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     device = model.wte.weight.device
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = cfg.dtype == "bfloat16"
-    # On CPU the cache stays fp32 even under bf16 autocast: single-query attention over a bf16 cache runs
-    # slower there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the bytes.
-    cache_dtype = torch.bfloat16 if amp and device.type != "cpu" else model.wte.weight.dtype
+    compiled = use_compile(cfg, N, device)
+    # Eager on CPU, the cache stays fp32 even under bf16 autocast: single-query attention over a bf16 cache
+    # runs slower there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the
+    # bytes. Compiled, a bf16 cache ran as fast as an fp32 one on 2 cores (bench/README.md), in half the memory.
+    bf16_cache = amp and (device.type != "cpu" or compiled)
+    cache_dtype = torch.bfloat16 if bf16_cache else model.wte.weight.dtype
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     # Distinct prompts, each prefilled once; row r of the sampling batch continues prompt r // n.
@@ -119,10 +144,8 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     S = model.config.max_seq_len
     limit = torch.clamp(S - plen, max=cfg.max_new_tokens)[row_src]  # (N,) new tokens each row may make
 
-    out_tok = torch.empty((N, cfg.max_new_tokens), dtype=torch.long, device=device)
-    out_lp = torch.empty((N, cfg.max_new_tokens), dtype=torch.float32, device=device)
-    n_gen = limit.clone()  # tokens kept per row; lowered when a row stops at EOS
-    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    out_tok = torch.full((N, cfg.max_new_tokens), -1, dtype=torch.long, device=device)
+    out_lp = torch.zeros((N, cfg.max_new_tokens), dtype=torch.float32, device=device)
 
     from tqdm import tqdm
 
@@ -132,44 +155,45 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
         idx = torch.zeros((len(uniq), P), dtype=torch.long, device=device)  # right-padded with 0s
         for u, p in enumerate(uniq):
             idx[u, :len(p)] = torch.tensor(p, device=device)
-        logits, pk, pv = model.prefill(idx, plen)  # (U, V) at each prompt's last token; (L, U, H, P, hd) x 2
-        # The generated-token cache starts small and doubles when full: most samples end long before
-        # max_new_tokens, and memory for all rows at full length can be large (512 rows x 1024 tokens).
-        cache = SampleCache.start(pk, pv, plen, row_src, min(cfg.max_new_tokens, INITIAL_CAPACITY), cache_dtype)
+        logits, pk, pv = model.prefill(idx, plen, cache_dtype)  # (U, V) at each prompt's last token; (L, U, H, P, hd)
+        # Room for every row's longest continuation, allocated once (see model.SampleCache).
+        capacity = int(limit.max())
+        cache = SampleCache.start(pk, pv, plen, row_src, capacity, cache_dtype)
         del pk, pv
-        prompt_bias = torch.zeros((len(uniq), 1, 1, P), dtype=cache_dtype, device=device)  # hide the padding
-        prompt_bias.masked_fill_((torch.arange(P, device=device) >= plen[:, None])[:, None, None], -math.inf)
         logits = logits[row_src]  # (N, V)
 
         rows = torch.arange(N, device=device)  # batch position -> output row
+        row_limit = limit  # per batch position
         stopped = torch.zeros(N, dtype=torch.bool, device=device)  # per batch position
         for t in range(cfg.max_new_tokens):
             tok, lp = next_tokens(logits, cfg.temperature, cfg.top_p, gen)
-            out_tok[rows, t] = tok
+            out_tok[rows, t] = tok  # entries after a row's stop are written but never read
             out_lp[rows, t] = lp
-            hit_eos = (tok == eos_id) & ~stopped
-            if hit_eos.any():
-                finished[rows[hit_eos]] = True
-                n_gen[rows[hit_eos]] = t + 1
-            newly = (hit_eos | (limit[rows] == t + 1)) & ~stopped
-            bar.update(int((~stopped).sum()))
-            stopped |= newly
-            n_stopped = int(stopped.sum())
-            if n_stopped == len(rows):
+            stopped |= (tok == eos_id) | (row_limit == t + 1)
+            if t + 1 == capacity:
                 break
-            if n_stopped >= COMPACT_FRACTION * len(rows):
-                keep = (~stopped).nonzero()[:, 0]
-                cache = cache.select(keep)
-                rows, tok, stopped = rows[keep], tok[keep], stopped[keep]
+            if (t + 1) % CHECK_EVERY == 0:  # the host looks at the batch (a device sync) every few tokens only
+                live = int((~stopped).sum())
+                if progress:
+                    bar.update(int(limit.clamp(max=t + 1).sum()) - bar.n)  # an upper bound until the end
+                if live == 0:
+                    break
+                if len(rows) - live >= COMPACT_FRACTION * len(rows):
+                    keep = (~stopped).nonzero()[:, 0]
+                    cache.keep(keep, upto=t)  # slots 0..t-1 hold keys so far
+                    rows, tok, stopped, row_limit = rows[keep], tok[keep], stopped[keep], row_limit[keep]
             # Stopped rows still in the batch keep decoding (their output is ignored); pin their write slot
             # to their last one, so they never pass the cache or the context. Running rows are below it.
-            cache.glen = torch.minimum(cache.glen, limit[rows] - 1)
-            if t >= cache.capacity:  # this step writes each running row's token t at slot t
-                cache = cache.select(torch.arange(len(rows), device=device), min(2 * cache.capacity,
-                                                                                 cfg.max_new_tokens))
-            logits = model.decode(tok, cache, prompt_bias)
+            torch.minimum(cache.glen, row_limit - 1, out=cache.glen)
+            width = min(capacity, max(1, -(-t // WIDTH_STEP)) * WIDTH_STEP)  # covers every row's glen <= t
+            logits = model.decode(tok, cache, width, compiled=compiled)
+    bar.update(bar.total - bar.n)
     bar.close()
 
+    # Each row's tokens end at its first EOS (finished) or at its limit; later entries are never used.
+    is_eos = (out_tok == eos_id) & (torch.arange(cfg.max_new_tokens, device=device) < limit[:, None])
+    finished = is_eos.any(dim=1)
+    n_gen = torch.where(finished, is_eos.int().argmax(dim=1) + 1, limit)
     tok_list, lp_list, n_list = out_tok.tolist(), out_lp.tolist(), n_gen.tolist()
     fin = finished.tolist()
     return [Generation(r // n, tok_list[r][:n_list[r]], lp_list[r][:n_list[r]], fin[r]) for r in range(N)]

@@ -1,0 +1,40 @@
+"""Thread policy for concurrent jobs (echochamber.cpu): what the CLI sets before torch loads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from echochamber.cpu import thread_settings
+
+
+def test_jobs_split_the_cores_and_sleep_when_idle():
+    assert thread_settings({}, 8) == {"OMP_NUM_THREADS": "8", "OMP_WAIT_POLICY": "PASSIVE"}  # one job: all cores
+    assert thread_settings({"ECHOCHAMBER_JOBS": "2"}, 8) == {"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert thread_settings({"ECHOCHAMBER_JOBS": "3"}, 2)["OMP_NUM_THREADS"] == "1"  # never 0 threads
+    assert thread_settings({"ECHOCHAMBER_JOBS": "2", "ECHOCHAMBER_THREADS": "3"}, 8)["OMP_NUM_THREADS"] == "3"
+
+
+def test_settings_already_made_are_kept():
+    env = {"ECHOCHAMBER_JOBS": "2", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}  # e.g. torchrun's
+    assert thread_settings(env, 8) == {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-1"])
+def test_bad_values_name_the_variable(bad):
+    with pytest.raises(ValueError, match=f"ECHOCHAMBER_JOBS={bad!r}"):
+        thread_settings({"ECHOCHAMBER_JOBS": bad}, 2)
+
+
+def test_cli_configures_threads_before_torch_loads():
+    code = ("import os, sys\n"
+            "from echochamber.cli import main\n"
+            "assert 'torch' not in sys.modules\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import torch\n"
+            "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "ECHOCHAMBER_"))}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "ECHOCHAMBER_JOBS": str(len(os.sched_getaffinity(0)))},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1].split() == ["1", "PASSIVE"]  # after the --help text
