@@ -31,6 +31,8 @@ def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
+# Summation order differs (one process's batch sum vs two halves summed by all-reduce); AdamW's normalisation
+# turns those 1e-7 gradient differences into up to ~1e-5 weight differences after 12 steps (seen: 2e-6 to 1.2e-5).
 def assert_close(a, b, atol):
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -45,14 +47,14 @@ def test_two_process_pretraining_equals_one_process_with_the_same_global_batch(t
     one = weights(tmp_path / "one" / "pretrain" / "model")
     # DDP: 2 processes x 8 rows = the same 16 rows per step.
     run(TORCHRUN + common + [f"out_dir={tmp_path / 'ddp'}", "pretrain.batch_size=8"])
-    assert_close(one, weights(tmp_path / "ddp" / "pretrain" / "model"), atol=1e-5)
+    assert_close(one, weights(tmp_path / "ddp" / "pretrain" / "model"), atol=1e-4)
     # FSDP2 with activation checkpointing, stopped at step 6 and resumed from its gathered checkpoint.
     fsdp = common + [f"out_dir={tmp_path / 'fsdp'}", "pretrain.batch_size=8", "pretrain.fsdp=true",
                      "pretrain.activation_checkpointing=true"]
     run(TORCHRUN + fsdp + ["pretrain.stop_at=6"])
     assert json.loads((tmp_path / "fsdp" / "pretrain" / "checkpoints" / "latest.json").read_text())["step"] == 6
     run(TORCHRUN + fsdp)
-    assert_close(one, weights(tmp_path / "fsdp" / "pretrain" / "model"), atol=1e-5)
+    assert_close(one, weights(tmp_path / "fsdp" / "pretrain" / "model"), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -112,4 +114,4 @@ def test_ranks_that_see_different_checkpoints_stop_with_a_clear_error(tmp_path):
     proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                 str(tmp_path)])
     assert proc.stdout.count("REFUSED") == 2
-    assert "see different checkpoints" in proc.stdout and "shared" in proc.stdout
+    assert "see different checkpoints" in proc.stdout and "a file system all of them share" in proc.stdout

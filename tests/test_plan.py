@@ -52,11 +52,11 @@ def test_paper_plans(monkeypatch):
     plan = pretrain_plan(load_run_config("paper_1b", ["out_dir=/nonexistent/run", "pretrain.max_steps=40000"]))
     assert "1,139.3M (olmo-1b" in plan and "steps            40,000 (pretrain.max_steps)" in plan
     assert "41.94B" in plan  # 40,000 x 1,048,576 tokens
-    # Two nodes: with the paper's global batch set (pretrain.global_batch, once PretrainConfig has it) the plan
-    # refuses 8 x 8 x 16 = 1024 and says what fixes it.
+    # Two nodes: with the paper's global batch set (pretrain.global_batch 512) the plan refuses 8 x 8 x 16 = 1024
+    # and says what fixes it.
     monkeypatch.setenv("WORLD_SIZE", "16")
     cfg = load_run_config("paper_1b", ["pretrain.max_steps=1", "out_dir=/nonexistent/run"])
-    cfg.pretrain = SimpleNamespace(**vars(cfg.pretrain), global_batch=512)
+    assert cfg.pretrain.global_batch == 512  # the paper config sets it
     with pytest.raises(ValueError, match="pretrain.grad_accum=4 makes it so"):
         pretrain_plan(cfg)
     cfg.pretrain.grad_accum = 4
