@@ -1,7 +1,7 @@
 """The one command-line entry point. Subcommands are the pipeline's stages, in order:
 
-    echochamber data       mixture -> tokenizer + packed shards           (OUT/data)
-    echochamber pretrain   OLMo from scratch on the shards                (OUT/pretrain/model)
+    echochamber data       mixture -> tokenizer + token caches + index    (OUT/data)
+    echochamber pretrain   OLMo from scratch on the mixture               (OUT/pretrain/model)
     echochamber sample     look at what a model writes, graded by format
     echochamber rl         RL post-training with verifiable rewards       (OUT/rl)
     echochamber eval       pass@1 / pass@k / maj@k and format shares
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, fn, help_ in [("data", cmd_data, "build the mixture's tokenizer and packed shards"),
+    for name, fn, help_ in [("data", cmd_data, "build the mixture's tokenizer, token caches and index"),
                             ("pretrain", cmd_pretrain, "pretrain an OLMo model from scratch"),
                             ("rl", cmd_rl, "RL post-training (GRPO, PPO, Expert Iteration, ...) with verifiable rewards")]:
         p = sub.add_parser(name, help=help_)

@@ -1,6 +1,6 @@
 """`echochamber quickstart`: the whole study in miniature on a laptop, nothing downloaded.
 
-    data      three synthetic solution formats -> BPE tokenizer -> packed shards
+    data      three synthetic solution formats -> BPE tokenizer -> token caches and a mixture index
     pretrain  a ~1-2M-parameter OLMo from scratch
     rl        GRPO on synthetic train problems, evaluating greedy pass@1 and format shares as it goes
     report    report.html: the format shares over RL steps with pass@1 on top (the paper's signature figure)
