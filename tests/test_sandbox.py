@@ -501,6 +501,14 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _assert_all_exit(pids: list[int], timeout_s: float = 10) -> None:
+    """Every one of pids is gone (or a zombie) within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not [pid for pid in pids if _running(pid)]
+
+
 def _worker_python_pid(pool: SandboxPool, slot: int) -> int:
     """The pid of the worker's Python process (inside bwrap, two levels below the pool's child)."""
     proc_pid = pool._workers[slot].proc.pid
@@ -622,10 +630,7 @@ def test_workers_die_with_a_killed_pool(use_bwrap, tmp_path):
         assert len(pids) >= (4 if use_bwrap else 2), _descendants(proc.pid)
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
-            time.sleep(0.05)
-        assert not [pid for pid in pids if _running(pid)]
+        _assert_all_exit(pids)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -663,10 +668,7 @@ def test_signals_remove_scratch_folders(use_bwrap, sig):
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == -sig, (proc.returncode, err[-2000:])
         assert [r for r in roots if os.path.lexists(r)] == []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
-            time.sleep(0.05)
-        assert not [pid for pid in pids if _running(pid)]
+        _assert_all_exit(pids)
     finally:
         if proc.poll() is None:
             proc.kill()
