@@ -117,3 +117,23 @@ def test_disk_full_and_permission_denied_are_one_line(monkeypatch, error, expect
     with pytest.raises(SystemExit) as e:
         main(["rl", "--config", "smoke"])
     assert str(e.value.code) == f"echochamber rl: {expected}"
+
+
+def test_a_bad_mixture_name_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "--config", "smoke", f"out_dir={tmp_path}", "data.mixture=tg_4xnope"])
+    text = str(e.value.code)
+    assert text.startswith("echochamber data: ") and "nope" in text and "\n" not in text
+
+
+def test_malformed_and_non_utf8_jsonl_to_grade_are_one_line_naming_file_and_line(tmp_path):
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"response": "1", "gold": "1"}\n{"response": \n')
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"response": "1", "gold": "1"}\n{"response": "caf\xe9", "gold": "1"}\n')
+    for path in (bad_json, not_utf8):
+        with pytest.raises(SystemExit) as e:
+            main(["grade", str(path), "--out", str(tmp_path / "out.jsonl")])
+        text = str(e.value.code)
+        assert f"{path}:2" in text and "\n" not in text, text
+    assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
