@@ -14,7 +14,7 @@ start, before anything imports torch (the OpenMP runtime reads its settings once
     ECHOCHAMBER_JOBS=2 echochamber pretrain ... & ECHOCHAMBER_JOBS=2 echochamber rl ...   # each gets half
     ECHOCHAMBER_THREADS=3 echochamber eval ...                                            # or say it exactly
 
-PASSIVE is the default even for one job: measured on 2 cores it costs a job alone 4-7% and turns two jobs
+PASSIVE is the default even for one job: measured on 2 cores it costs a job alone 4-15% and turns two jobs
 that were never told about each other from 3.5-6.7x slower each into 1.5-1.6x (ECHOCHAMBER_JOBS=2: the same).
 """
 
