@@ -10,7 +10,7 @@ from echochamber.cpu import thread_settings
 
 
 def test_jobs_split_the_cores_and_sleep_when_idle():
-    assert thread_settings({}, 8) == {"OMP_NUM_THREADS": "8", "OMP_WAIT_POLICY": "PASSIVE"}  # one job: all cores
+    assert thread_settings({}, 8) == {"OMP_NUM_THREADS": "8"}  # one job: all cores, OpenMP's own wait policy
     assert thread_settings({"ECHOCHAMBER_JOBS": "2"}, 8) == {"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "PASSIVE"}
     assert thread_settings({"ECHOCHAMBER_JOBS": "3"}, 2)["OMP_NUM_THREADS"] == "1"  # never 0 threads
     assert thread_settings({"ECHOCHAMBER_JOBS": "2", "ECHOCHAMBER_THREADS": "3"}, 8)["OMP_NUM_THREADS"] == "3"
