@@ -105,12 +105,14 @@ def test_ranks_that_see_different_checkpoints_stop_with_a_clear_error(tmp_path):
         "         rope_theta=10000.0, tie_embeddings=True, init_std=0.02).resolve(vocab_size=12))\n"
         "opt = make_optimizer(m, 1e-3, 0.0, (0.9, 0.95))\n"
         "if ctx.rank == 0:\n"
-        "    save_checkpoint(run / 'checkpoints', m, {'step': 2, **trainer_state(opt)})\n"
+        "    save_checkpoint(run / 'checkpoints', m, {'step': 2, **trainer_state(opt.state_dict())})\n"
         "dist.barrier(ctx)\n"
         "try:\n"
         "    start_or_resume(run, load_run_config('smoke'), 'rl', m, opt, device='cpu', ctx=ctx)\n"
         "except RunFolderError as e:\n"
-        "    print('REFUSED', e)\n")
+        "    print('REFUSED', e, flush=True)\n"
+        "dist.barrier(ctx)\n"  # both have decided before either leaves the group
+        "dist.shutdown(ctx)\n")
     proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                 str(tmp_path)])
     assert proc.stdout.count("REFUSED") == 2

@@ -51,7 +51,7 @@ def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path):
     model = tiny()
     opt = make_optimizer(model, 1e-3, 0.0, (0.9, 0.95))
     write_run_metadata(tmp_path, cfg, "rl")
-    save_checkpoint(tmp_path / "checkpoints", model, {"step": 3, **trainer_state(opt)})
+    save_checkpoint(tmp_path / "checkpoints", model, {"step": 3, **trainer_state(opt.state_dict())})
     same = start_or_resume(tmp_path, load_run_config("smoke", ["rl.threads=1"]), "rl", model, opt, device="cpu")
     assert same["step"] == 3  # threads change no result: not compared
     changed = load_run_config("smoke", ["rl.lr=0.001", "seed=5"])

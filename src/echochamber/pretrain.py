@@ -32,9 +32,9 @@ from .checks import check
 from .data import PackedDataset
 from .model import OLMo, ModelConfig
 from .plan import resolve_grad_accum, resolve_pretrain_steps
-from .checkpoint import export_model, rng_state, save_checkpoint
+from .checkpoint import export_model, save_checkpoint
 from .runio import append_jsonl
-from .training import autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr, start_or_resume
+from .training import autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr, start_or_resume, trainer_state
 
 
 @dataclass
@@ -204,8 +204,8 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
         if step % pcfg.ckpt_every == 0 or step == last_step:
             whole, opt_state = savable()
             if ctx.is_main:
-                save_checkpoint(ckpt_root, whole, {"step": step, "next_row": next_row, "optimizer": opt_state,
-                                                   "rng": rng_state()}, pcfg.keep_checkpoints)
+                save_checkpoint(ckpt_root, whole, {"step": step, "next_row": next_row, **trainer_state(opt_state)},
+                                pcfg.keep_checkpoints)
             dist.barrier(ctx)
     bar.close()
 

@@ -6,7 +6,7 @@ folder's start-or-resume.
     ...
     set_lr(opt, cosine_lr(step, total, peak, warmup, min_ratio))
     with autocast_ctx(device, "bfloat16"): loss = ...
-    save_checkpoint(run_dir / "checkpoints", model, {"step": step, **trainer_state(opt), ...})
+    save_checkpoint(run_dir / "checkpoints", model, {"step": step, **trainer_state(opt.state_dict()), ...})
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def trainer_state(opt: torch.optim.Optimizer) -> dict:
-    """What every checkpoint holds beside the weights: the optimizer and all RNG states."""
-    return {"optimizer": opt.state_dict(), "rng": rng_state()}
+def trainer_state(opt_state: dict) -> dict:
+    """What every checkpoint holds beside the weights: the optimizer's state dict and all RNG states."""
+    return {"optimizer": opt_state, "rng": rng_state()}
 
 
 _HELD: dict[str, int] = {}  # run folders this process holds: resolved path -> open lock file descriptor

@@ -261,7 +261,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
         if step % ckpt_every == 0 or step == total_steps:
             if ctx.is_main:
                 save_checkpoint(ckpt_root, model, {
-                    "step": step, **trainer_state(algo.opt), "algo": algo.state_dict(), "init": fingerprint,
+                    "step": step, **trainer_state(algo.opt.state_dict()), "algo": algo.state_dict(), "init": fingerprint,
                     "shuffle_gen": shuffle_gen.get_state(), "prompt_position": stream.position,
                     "wall_seconds": wall_before + time.perf_counter() - t_start},
                     keep=1 if rcfg.keep_checkpoints != "all" else 1 << 30,
