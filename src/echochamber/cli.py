@@ -9,6 +9,7 @@
     echochamber grade      label and grade any JSONL of responses
     echochamber quickstart every stage on a laptop, end to end
     echochamber sweep      a grid of configs, one run at a time, sharing pretraining (DIR/sweep.json, report.html)
+    echochamber study      a finding of the paper in miniature: a fixed sweep + a report that answers it
     echochamber export-hf / import-hf   Hugging Face OlmoForCausalLM folders
 
 Every stage takes --config (a YAML path or a built-in name, default `quickstart`) and dotted overrides:
@@ -148,6 +149,25 @@ def cmd_sweep(args) -> None:
         sys.exit(1)
 
 
+def cmd_study(args) -> None:
+    from .studies import STUDIES, describe, run_study
+    from .sweep import SweepError
+
+    if args.name == "list":
+        print(describe())
+        return
+    if args.name not in STUDIES:
+        sys.exit(f"study: unknown study {args.name!r}; choose one of {', '.join(STUDIES)} (or `list`)")
+    if not args.out:
+        sys.exit("study: --out DIR is required (the study's sweep folder; rerun the same command to resume)")
+    try:
+        summary = run_study(args.name, args.out, args.overrides, config=args.config)
+    except SweepError as e:
+        sys.exit("\n".join(f"study: {line}" for line in str(e).splitlines()))
+    if any(g["finished"] < g["runs"] for g in summary["results"]):
+        sys.exit(1)
+
+
 def cmd_export_hf(args) -> None:
     from .hf import export_hf
     from .model import OLMo
@@ -229,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a grid axis; repeat for more (the grid is their cartesian product)")
     p.add_argument("--out", required=True, help="sweep folder: sweep.json, report.html, cells/, pretrained/")
     p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("study", help="run a named study (collapse, algorithms, kl, mixture, transfer, interpreter, "
+                                      "scale) and write its report; `study list` describes them")
+    p.add_argument("name", help="the study, or `list`")
+    p.add_argument("--out", help="the study's folder (a sweep folder plus study.json and report.html)")
+    p.add_argument("--config", help="replace the study's base config (for quick looks and tests)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every cell")
+    p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser("export-hf", help="write a model folder as a Hugging Face OlmoForCausalLM folder")
     p.add_argument("model")

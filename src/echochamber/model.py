@@ -48,6 +48,9 @@ PRESETS: dict[str, dict] = {
     "olmo-tiny": dict(d_model=128, n_layers=4, n_heads=2, mlp_hidden=384, max_seq_len=2048, tie_embeddings=True),
     # Laptop model: ~3.7M parameters at vocab 1024 (3.4M in the blocks).
     "olmo-small": dict(d_model=256, n_layers=4, n_heads=4, mlp_hidden=768, max_seq_len=2048, tie_embeddings=True),
+    # The `scale` study's larger laptop models (studies.py): ~5.4M and ~12M parameters at vocab 1024.
+    "olmo-5m": dict(d_model=256, n_layers=6, n_heads=4, mlp_hidden=768, max_seq_len=2048, tie_embeddings=True),
+    "olmo-12m": dict(d_model=384, n_layers=6, n_heads=6, mlp_hidden=1152, max_seq_len=2048, tie_embeddings=True),
     # Single-GPU model between the laptop and paper sizes: ~43M parameters at vocab 32000 (27M in the blocks).
     "olmo-40m": dict(d_model=512, n_layers=8, n_heads=8, mlp_hidden=1536, max_seq_len=2048, tie_embeddings=True),
     # The paper's 150M (162.4M parameters at vocab 32000, untied).

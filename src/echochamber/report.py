@@ -629,7 +629,7 @@ def _sweep_tables(cells: list[dict], groups: list[tuple[str, list[dict]]]) -> tu
 
 
 SWEEP_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>
-<body><h1>{title}</h1><p>{intro}</p>
+<body><h1>{title}</h1>{lead}<p>{intro}</p>
 <h2>Groups: mean ± std over seeds</h2>{groups}
 <h2>Cells</h2>{cells}
 <h2>Format shares over RL steps</h2>{figures}
@@ -637,10 +637,12 @@ SWEEP_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}<
 """
 
 
-def write_sweep_report(sweep_dir: Path, cells: list[dict], groups: list[tuple[str, list[dict]]]) -> Path:
+def write_sweep_report(sweep_dir: Path, cells: list[dict], groups: list[tuple[str, list[dict]]], *,
+                       title: str | None = None, lead: str = "") -> Path:
     """DIR/report.html of a sweep: the groups table, the cells table and, per evaluation dataset, the
     signature figure with one panel per group. `cells` are sweep.json's objects ("out_dir" relative to DIR);
-    `groups` are [(name, cells)]. Cells not started yet are listed, not drawn."""
+    `groups` are [(name, cells)]. Cells not started yet are listed, not drawn. A study (studies.py) puts its
+    question and figure first: `lead` is trusted HTML placed under the title."""
     sweep_dir = Path(sweep_dir)
     runs: dict[str, Run] = {}
     for c in cells:
@@ -658,7 +660,7 @@ def write_sweep_report(sweep_dir: Path, cells: list[dict], groups: list[tuple[st
     done = sum(c["status"] == "done" for c in cells)
     intro = (f"{len(cells)} cells in {len(groups)} groups, {done} finished. Cells that differ only in their seeds "
              f"form a group. Folders are relative to {sweep_dir}; sweep.json has every number shown here.")
-    page = SWEEP_PAGE.format(title=html.escape(f"echochamber sweep: {sweep_dir.name}"), style=STYLE,
-                             intro=html.escape(intro), groups=group_table, cells=cell_table,
+    page = SWEEP_PAGE.format(title=html.escape(title or f"echochamber sweep: {sweep_dir.name}"), style=STYLE,
+                             lead=lead, intro=html.escape(intro), groups=group_table, cells=cell_table,
                              figures="".join(figures) or "<p class=miss>No cell has been evaluated yet.</p>")
     return atomic_write_text(sweep_dir / "report.html", page)

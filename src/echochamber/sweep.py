@@ -3,7 +3,8 @@
     echochamber sweep --config quickstart --grid rl.algo=grpo,ppo,ei --grid seed=0,1,2 --out runs/algos
 
 The grid is the cartesian product of the --grid values (the last --grid varies fastest); positional KEY=VALUE
-overrides apply to every cell. Cells run one after another, never side by side: two torch jobs on a small
+overrides apply to every cell. Keys joined by "+" move together, one axis setting each to the same value:
+`--grid rl.interpreter+eval.interpreter=false,true` is two cells, not four. Cells run one after another, never side by side: two torch jobs on a small
 machine slow each other about 10x. Every cell's config is resolved before anything runs, so a typo in any cell
 stops the sweep at once with one line per bad cell.
 
@@ -75,9 +76,12 @@ def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
         values = split_values(raw)
         if not eq or not key:
             errors.append(f"--grid {spec!r}: expected KEY=V1,V2,..., e.g. --grid rl.kl_coef=0,0.001")
-        elif key == "out_dir":
+        elif "out_dir" in key.split("+"):
             errors.append(f"--grid {spec!r}: out_dir cannot be swept (the sweep gives each cell DIR/cells/<name>)")
-        elif any(k == key for k, _ in grid):
+        elif "" in key.split("+"):
+            errors.append(f"--grid {spec!r}: an empty key around '+' (linked keys are KEY1+KEY2=V1,V2)")
+        elif set(key.split("+")) & {part for k, _ in grid for part in k.split("+")} or \
+                len(set(key.split("+"))) < len(key.split("+")):
             errors.append(f"--grid {spec!r}: {key} is already a grid key; give all its values in one --grid")
         elif "" in values:
             errors.append(f"--grid {spec!r}: an empty value (a stray comma?)")
@@ -94,6 +98,11 @@ def expand_grid(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
     """The cartesian product, one {key: raw value} per cell; an empty grid is one cell with no overrides."""
     keys = [k for k, _ in grid]
     return [dict(zip(keys, combo)) for combo in itertools.product(*(vals for _, vals in grid))]
+
+
+def cell_overrides(values: dict[str, str]) -> list[str]:
+    """A cell's grid values as KEY=VALUE overrides; a linked key "a+b" sets a and b to its value."""
+    return [f"{part}={v}" for k, v in values.items() for part in k.split("+")]
 
 
 def cell_name(values: dict[str, str]) -> str:
@@ -136,10 +145,10 @@ class Cell:
         return Path(self.cfg.out_dir)
 
     def overrides(self) -> dict:
-        """The grid values as the config parsed them (rl.lr=1e-4 -> 0.0001)."""
+        """The grid values as the config parsed them (rl.lr=1e-4 -> 0.0001); a linked key "a+b" by its first key."""
         def get(key):
             node = self.cfg
-            for part in key.split("."):
+            for part in key.split("+")[0].split("."):
                 node = getattr(node, part)
             return to_dict(node)
         return {k: get(k) for k in self.values}
@@ -166,7 +175,7 @@ def plan_cells(config: str, grid: list[tuple[str, list[str]]], overrides: list[s
     errors = _config_errors(config, overrides, "config")
     for key, vals in grid if not errors else ():
         for v in vals:
-            errors += _config_errors(config, [*overrides, f"{key}={v}"], f"--grid {key}={v}")
+            errors += _config_errors(config, [*overrides, *cell_overrides({key: v})], f"--grid {key}={v}")
     if errors:
         raise SweepError("\n".join(errors))
     cells, seen = [], set()
@@ -177,7 +186,7 @@ def plan_cells(config: str, grid: list[tuple[str, list[str]]], overrides: list[s
             continue
         seen.add(name)
         try:
-            cfg = load_run_config(config, [*overrides, *(f"{k}={v}" for k, v in values.items())])
+            cfg = load_run_config(config, [*overrides, *cell_overrides(values)])
         except ConfigError as e:
             errors.append(f"cell {name}: {e}")
             continue
@@ -198,14 +207,23 @@ def plan_cells(config: str, grid: list[tuple[str, list[str]]], overrides: list[s
         recorded = cell.out / "cell.json"
         if recorded.exists():
             old = json.loads(recorded.read_text()).get("config")
-            if old != cell.requested:
-                before, now = flatten(old or {}), flatten(cell.requested)
-                diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            diff = _setting_changes(old or {}, cell.requested)
+            if diff:
                 errors.append(f"cell {cell.name}: {cell.out} was run with other settings ({', '.join(diff[:5])} "
                               f"differ); use another --out or delete that folder")
     if errors:
         raise SweepError("\n".join(errors))
     return cells
+
+
+def _setting_changes(recorded: dict, requested: dict) -> list[str]:
+    """Keys whose value differs between a cell's recorded config and the one asked for now. A key the record
+    lacks was added to the project after that cell ran; at its default value it is not a change (new options
+    default to what the code did before them), so finished cells survive an upgrade."""
+    before, now = flatten(recorded), flatten(requested)
+    defaults = flatten(to_dict(RunConfig()))
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
+                  and not (k not in before and k in defaults and now.get(k) == defaults[k]))
 
 
 def _config_errors(config: str, overrides: list[str], where: str) -> list[str]:

@@ -1,0 +1,148 @@
+"""echochamber study: linked grid keys, upgrades that keep finished cells, every study's settings resolve, the
+study report (its own figure first, study.json's numbers), and one real smoke study from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from echochamber.config import RunConfig, to_dict
+from echochamber.studies import STUDIES, fig_kl, group_result, write_study_report, _groups
+from echochamber.sweep import SweepError, _setting_changes, group_over_seeds, parse_grid, plan_cells
+
+
+# ------------------------------------------------------------------------------------------------- the grid
+def test_linked_grid_keys_move_together(tmp_path):
+    grid = parse_grid(["rl.kl_coef+rl.lr=0.001,0.002", "seed=0,1"])
+    cells = plan_cells("smoke", grid, [], tmp_path)
+    assert len(cells) == 4  # 2 linked values x 2 seeds, not 2 x 2 x 2
+    for cell in cells:
+        assert cell.cfg.rl.kl_coef == cell.cfg.rl.lr
+        assert set(cell.overrides()) == {"rl.kl_coef+rl.lr", "seed"}
+    assert sorted({c.cfg.rl.lr for c in cells}) == [0.001, 0.002]
+    assert cells[0].name == "rl.kl_coef+rl.lr=0.001,seed=0"
+
+
+@pytest.mark.parametrize("specs, why", [
+    (["rl.lr+rl.lr=1,2"], "already a grid key"),
+    (["rl.lr=1,2", "rl.kl_coef+rl.lr=1,2"], "already a grid key"),
+    (["rl.lr+=1,2"], "empty key"),
+    (["seed+out_dir=1,2"], "out_dir cannot be swept"),
+])
+def test_bad_linked_keys_are_one_line_each(specs, why):
+    with pytest.raises(SweepError, match=why):
+        parse_grid(specs)
+
+
+def test_bad_value_of_a_linked_key_names_it(tmp_path):
+    with pytest.raises(SweepError, match=r"--grid rl.kl_coef\+rl.lr=abc"):
+        plan_cells("smoke", parse_grid(["rl.kl_coef+rl.lr=abc"]), [], tmp_path)
+
+
+def test_a_key_added_since_a_cell_ran_is_a_change_only_when_it_is_not_at_its_default():
+    now = to_dict(RunConfig())
+    recorded = json.loads(json.dumps(now))
+    del recorded["eval"]["n_problems_between"]  # as if the cell ran before the key existed
+    assert _setting_changes(recorded, now) == []
+    now["eval"]["n_problems_between"] = 7  # asked for a non-default value: the old cell did not run that way
+    assert _setting_changes(recorded, now) == ["eval.n_problems_between"]
+    recorded["rl"]["lr"] = 1.0  # a key both know, with another value
+    assert "rl.lr" in _setting_changes(recorded, now)
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_study_resolves_to_cells(name, tmp_path):
+    study = STUDIES[name]
+    cells = plan_cells(study.config, parse_grid(list(study.grid)), list(study.overrides), tmp_path)
+    assert cells and study.question and study.paper
+
+
+# ------------------------------------------------------------------------------------------------- the report
+def fake_cell(out: Path, name: str, overrides: dict, config: dict, evals: dict[int, dict], wall: float = 60.0) -> dict:
+    """A finished cell as the sweep leaves it: DIR/cells/NAME/rl with eval/step_N.json, rl_config.yaml and
+    summary.json; returns its sweep.json entry."""
+    rl = out / "cells" / name / "rl"
+    (rl / "eval").mkdir(parents=True)
+    for step, ds in evals.items():
+        (rl / "eval" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "datasets": ds}))
+    (rl / "rl_config.yaml").write_text(yaml.safe_dump(config))
+    (rl / "summary.json").write_text(json.dumps({"wall_seconds": wall}))
+    first, last = evals[min(evals)]["synthetic_test"], evals[max(evals)]["synthetic_test"]
+    return {"name": name, "overrides": overrides, "status": "done", "wall_seconds": wall,
+            "out_dir": f"cells/{name}", "pass1_before": first["pass@1"], "pass1_after": last["pass@1"],
+            "format_share_before": first["format_share"], "format_share_after": last["format_share"]}
+
+
+def ds(p1: float, shares: dict, **extra) -> dict:
+    return {"synthetic_test": {"pass@1": p1, "format_share": shares, **extra}}
+
+
+def test_study_report_puts_the_study_figure_first_and_records_its_numbers(tmp_path):
+    out = tmp_path / "study"
+    cfg = {"rl": {"algo": "grpo", "prompts_per_step": 4, "samples_per_prompt": 2}}
+    entries = [
+        fake_cell(out, "rl.algo=grpo,seed=0", {"rl.algo": "grpo", "seed": 0}, cfg,
+                  {0: ds(0.2, {"text": 0.6, "omi1": 0.4}), 4: ds(0.6, {"omi1": 0.9, "text": 0.1})}),
+        fake_cell(out, "rl.algo=grpo,seed=1", {"rl.algo": "grpo", "seed": 1}, cfg,
+                  {0: ds(0.4, {"text": 0.8, "omi1": 0.2}), 4: ds(0.8, {"text": 0.7, "omi1": 0.3})}),
+        fake_cell(out, "rl.algo=ei,seed=0", {"rl.algo": "ei", "seed": 0},
+                  {"rl": {"algo": "ei", "ei": {"prompts_per_round": 8, "samples_per_prompt": 4}}},
+                  {0: ds(0.2, {"text": 1.0}), 1: ds(0.3, {"tinygsm": 1.0})}),
+    ]
+    meta = {"config": "quickstart", "grid": [], "overrides": [], "git_commit": "abc", "wall_seconds": 600.0,
+            "invocations": 1}
+    summary = write_study_report(STUDIES["algorithms"], out, entries, meta)
+
+    grpo, ei = summary["results"]
+    assert grpo["group"] == "rl.algo=grpo" and grpo["runs"] == 2 and grpo["finished"] == 2
+    assert grpo["pass1_before"]["mean"] == pytest.approx(0.3) and grpo["pass1_after"]["mean"] == pytest.approx(0.7)
+    assert grpo["pass1_after"]["sd"] == pytest.approx(0.1)
+    assert grpo["winner_per_run"] == ["omi1", "text"]  # each seed's own winner, not the mean's
+    assert grpo["format_share_after"]["omi1"] == pytest.approx(0.6)
+    assert ei["winner_per_run"] == ["tinygsm"] and ei["passk_after"] is None
+    assert json.loads((out / "study.json").read_text()) == summary
+    assert summary["result_lines"][0].startswith("rl.algo=grpo [synthetic_test]: pass@1 30.0% ± 10.0% -> 70.0%")
+
+    page = (out / "report.html").read_text()
+    assert page.index("study_algorithms") < page.index("sweep_format_shares_synthetic_test")  # the answer first
+    assert (out / "study_algorithms.png").exists() and "Question." in page and "600" not in page[:200]
+    fig = STUDIES["algorithms"].figure(_groups(out, entries), "synthetic_test")
+    pass1_ax = fig.axes[0]
+    xs = [line.get_xdata().tolist() for line in pass1_ax.lines]
+    assert xs == [[0, 32], [0, 32]]  # x = samples drawn: GRPO 4 steps x 8 samples; EI 1 round x 32
+
+
+def test_kl_figure_has_a_row_per_algorithm_and_a_line_per_coefficient(tmp_path):
+    out = tmp_path / "kl"
+    entries = []
+    for algo in ("ppo", "grpo"):
+        for kl, minority in ((0.0, 0.0), (0.01, 0.3)):
+            name = f"rl.algo={algo},rl.kl_coef={kl}"
+            after = {"omi1": 1 - minority, "text": minority}
+            entries.append(fake_cell(out, name, {"rl.algo": algo, "rl.kl_coef": kl}, {"rl": {"algo": algo}},
+                                     {0: ds(0.2, {"text": 0.5, "omi1": 0.5}, **{"pass@k": 0.5, "k": 8,
+                                                                                  "sample_format_share": {"text": 0.5, "omi1": 0.5}}),
+                                      4: ds(0.6, after, **{"pass@k": 0.7, "k": 8, "sample_format_share": after})}))
+    fig = fig_kl(_groups(out, entries), "synthetic_test")
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title().split(" · ")[0] for ax in panels] == ["ppo", "ppo", "grpo", "grpo"]
+    minority_ppo = panels[0]
+    assert [line.get_ydata()[-1] for line in minority_ppo.lines] == pytest.approx([0.0, 0.3])
+    assert panels[1].get_title().endswith("pass@8")
+
+
+def test_group_result_reads_pass_at_k_and_ignores_unknown_as_winner(tmp_path):
+    out = tmp_path / "g"
+    entry = fake_cell(out, "base", {}, {"rl": {}}, {
+        0: ds(0.1, {"unknown": 0.7, "text": 0.3}, **{"pass@k": 0.2, "k": 4}),
+        2: ds(0.2, {"unknown": 0.6, "text": 0.4}, **{"pass@k": 0.5, "k": 4})})
+    ((name, values, runs),) = _groups(out, [entry])
+    g = group_result(name, values, runs, "synthetic_test")
+    assert g["winner_per_run"] == ["text"] and g["k"] == 4
+    assert g["passk_before"]["mean"] == pytest.approx(0.2) and g["passk_after"]["mean"] == pytest.approx(0.5)
+    assert group_over_seeds([entry])[0][0] == "all cells"
+    assert np.isclose(g["rl_minutes"]["mean"], 1.0)
