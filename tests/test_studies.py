@@ -102,6 +102,9 @@ def test_study_report_puts_the_study_figure_first_and_records_its_numbers(tmp_pa
     assert grpo["pass1_before"]["mean"] == pytest.approx(0.3) and grpo["pass1_after"]["mean"] == pytest.approx(0.7)
     assert grpo["pass1_after"]["sd"] == pytest.approx(0.1)
     assert grpo["winner_per_run"] == ["omi1", "text"]  # each seed's own winner, not the mean's
+    # seed 0 reaches 90% omi1 at step 4, where its pass@1 jumps; seed 1 never collapses
+    assert grpo["timing_per_run"] == [{"collapse_step": 4, "largest_gain_step": 4},
+                                      {"collapse_step": None, "largest_gain_step": 4}]
     assert grpo["format_share_after"]["omi1"] == pytest.approx(0.6)
     assert ei["winner_per_run"] == ["tinygsm"] and ei["passk_after"] is None
     assert json.loads((out / "study.json").read_text()) == summary

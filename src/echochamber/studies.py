@@ -281,6 +281,20 @@ def _mean_sd(vals: list[float]) -> dict | None:
     return {"mean": float(a.mean()), "sd": float(a.std()), "min": float(a.min()), "max": float(a.max()), "n": len(a)}
 
 
+COLLAPSED = 0.9  # a run has collapsed once one format holds this share of its greedy outputs
+
+
+def collapse_timing(run: Run, dataset: str) -> dict:
+    """When the run collapsed (first evaluation step with one format at >= COLLAPSED of greedy outputs; None if
+    never) and where its largest pass@1 gain between consecutive evaluations ended: the paper's claim is that
+    the two coincide."""
+    recs = [(e["step"], e["datasets"][dataset]) for e in run.evals if dataset in e.get("datasets", {})]
+    collapse = next((s for s, d in recs if max((v for lab, v in d["format_share"].items() if lab != "unknown"),
+                                                  default=0.0) >= COLLAPSED), None)
+    gains = [(b[1]["pass@1"] - a[1]["pass@1"], b[0]) for a, b in zip(recs, recs[1:])]
+    return {"collapse_step": collapse, "largest_gain_step": max(gains)[1] if gains else None}
+
+
 def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict:
     """One group's numbers on `dataset` at its first and last evaluation (mean and spread over its runs)."""
     first = [r.evals[0]["datasets"][dataset] for r in runs if r.evals and dataset in r.evals[0].get("datasets", {})]
@@ -297,7 +311,8 @@ def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict
             "passk_before": _mean_sd([d.get("pass@k") for d in first]),
             "passk_after": _mean_sd([d.get("pass@k") for d in last]), "k": (last[0].get("k") if last else None),
             "format_share_before": before, "format_share_after": after, "winner_per_run": winners,
-            "rl_minutes": _mean_sd([r.summary.get("wall_seconds", np.nan) / 60 for r in runs if r.summary])}
+            "rl_minutes": _mean_sd([r.summary.get("wall_seconds", np.nan) / 60 for r in runs if r.summary]),
+            "timing_per_run": [collapse_timing(r, dataset) for r in runs]}
 
 
 def _pct(m: dict | None) -> str:
@@ -313,9 +328,11 @@ def result_lines(results: list[dict]) -> list[str]:
         top_before = max(g["format_share_before"].items(), key=lambda kv: kv[1], default=("—", 0))
         top_after = max(g["format_share_after"].items(), key=lambda kv: kv[1], default=("—", 0))
         passk = (f", pass@{g['k']} {_pct(g['passk_before'])} -> {_pct(g['passk_after'])}" if g["passk_after"] else "")
+        timing = ", ".join(f"{t['collapse_step']}/{t['largest_gain_step']}" for t in g["timing_per_run"])
         lines.append(f"{g['group']} [{g['dataset']}]: pass@1 {_pct(g['pass1_before'])} -> {_pct(g['pass1_after'])}"
                      f"{passk}; top format {top_before[0]} {top_before[1]:.0%} -> {top_after[0]} {top_after[1]:.0%}"
-                     f" (winner per run: {', '.join(g['winner_per_run']) or '—'})")
+                     f" (winner per run: {', '.join(g['winner_per_run']) or '—'}; step of collapse / of the largest "
+                     f"pass@1 gain per run: {timing or '—'})")
     return lines
 
 
