@@ -40,3 +40,24 @@ def test_round_trip_through_dict(tmp_path):
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     again = load_run_config(path)
     assert to_dict(again) == to_dict(cfg)
+
+
+def test_a_config_with_base_starts_from_that_config_and_merges_sections(tmp_path):
+    (tmp_path / "world.yaml").write_text("base: quickstart\ndata:\n  synthetic:\n    max_number: 20\n"
+                                         "eval:\n  datasets: [synthetic:test]\n")
+    (tmp_path / "bigger.yaml").write_text("base: world\nmodel:\n  preset: olmo-small\n")  # found beside it
+    cfg = load_run_config(tmp_path / "bigger.yaml")
+    quick = load_run_config("quickstart")
+    assert cfg.model.preset == "olmo-small" and cfg.data.synthetic.max_number == 20
+    assert cfg.data.synthetic.max_factor == quick.data.synthetic.max_factor  # merged key by key, not replaced
+    assert cfg.eval.datasets == ["synthetic:test"] and cfg.rl == quick.rl  # lists replace; the rest is the base's
+
+
+def test_a_base_chain_that_loops_or_names_nothing_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_run_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: no_such_config\n")
+    with pytest.raises(ConfigError, match="no_such_config"):
+        load_run_config(tmp_path / "c.yaml")

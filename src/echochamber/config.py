@@ -141,12 +141,21 @@ def apply_override(data: dict, cls: type, override: str) -> None:
             node_cls = hints[part]
 
 
-def load_yaml(path: str | Path) -> dict:
+def _find_config(path: str | Path, beside: Path | None = None) -> Path:
+    """A config path as given, else beside the file that names it, else a built-in config by name."""
     path = Path(path)
-    if not path.exists() and (CONFIG_DIR / path).exists():
-        path = CONFIG_DIR / path
-    if not path.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
-        path = CONFIG_DIR / f"{path}.yaml"
+    for cand in (path, *((beside / path, beside / f"{path}.yaml") if beside else ()), CONFIG_DIR / path,
+                 CONFIG_DIR / f"{path}.yaml"):
+        if cand.exists():
+            return cand
+    return path
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file as a mapping. A top-level `base: NAME` (a built-in config or a path) starts from that
+    config and applies this file's keys on top (sections merge key by key; lists and values replace), so a
+    study's world states only what differs from the quickstart."""
+    path = _find_config(path, _seen[-1].parent if _seen else None)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -155,7 +164,21 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: `base` chain loops back to itself ({' -> '.join(str(p) for p in _seen)})")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the name or path of a config, got {base!r}")
+    return _merge(load_yaml(base, (*_seen, path.resolve())), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def builtin_configs() -> list[str]:
