@@ -20,6 +20,7 @@ import torch
 from . import distributed as dist
 from . import formats
 from .checks import check
+from .format_metrics import within_format
 from .formats import LABELS
 from .model import OLMo
 from .runio import atomic_write_json, write_jsonl
@@ -137,12 +138,15 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
     greedy = [t[0] for t in generate_texts(model, tok, questions, greedy_cfg, seed, ecfg.batch_prompts,
                                            f"eval {name} greedy", progress, ecfg.add_bos)]
     graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool)
+    # tokens: the response re-encoded (no EOS), the length format_metrics averages per format.
+    lengths = [len(ids) for ids in tok.encode_batch(greedy)]
     rows = [{"id": p.id, "question": p.question, "response": r, "label": g.label, "answer": g.answer,
-             "boxed": g.boxed, "gold": p.answer, "correct": g.correct} for p, r, g in zip(mine, greedy, graded)]
+             "boxed": g.boxed, "gold": p.answer, "correct": g.correct, "tokens": n, "transcript": g.transcript}
+            for p, r, g, n in zip(mine, greedy, graded, lengths)]
     rows = [r for part in dist.all_gather_objects(rows, ctx) for r in part]
     share, acc = label_table([r["label"] for r in rows], [r["correct"] for r in rows])
     result = {"n": len(rows), "pass@1": sum(r["correct"] for r in rows) / max(1, len(rows)), "format_share": share,
-              "format_acc": acc}
+              "format_acc": acc, "within": within_format(rows)}
     if out_dir and ctx.is_main:
         write_jsonl(out_dir / f"{name}_greedy.jsonl", rows)
 

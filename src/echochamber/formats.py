@@ -360,6 +360,11 @@ def _value_text(value: int | float | str) -> str:
 # then the answer is what its code computes. Which one a text is, running the code tells: compare.
 
 
+def code_blocks(text: str) -> list[str]:
+    """The contents of the text's closed <llm-code>...</llm-code> blocks, in order (an unclosed one is not code)."""
+    return _LLM_CODE.findall(text)
+
+
 def written_output(text: str) -> str | None:
     """The <llm-code-output> block right after the text's last closed <llm-code> block, or None."""
     last = None

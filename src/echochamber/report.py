@@ -32,6 +32,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from .format_metrics import within_format, within_keys
 from .runio import atomic_write_bytes, atomic_write_text, read_jsonl
 
 # One fixed color per format label (formats.LABELS), the same in every figure; unknown is grey on purpose.
@@ -324,6 +325,115 @@ def fig_training(runs: list[Run]) -> Figure | None:
     return fig
 
 
+# ------------------------------------------------------------------------------- within-format metrics
+# format_metrics' per-step metrics of how the model writes inside each format. New runs log them (metrics.jsonl
+# `within/...` keys, eval/step_N.json datasets.NAME.within); for steps written before that they are computed
+# here from the saved rows (rollouts/step_N.jsonl, eval/step_N/NAME_greedy.jsonl). Such rows have no grader
+# verdict on their interpreter output, so invented_output stays None for them; rows without a token count get
+# their response re-encoded with the run's own tokenizer when it can be found (as evaluation counts them; for
+# old rollouts that is one token less than RL's count, which includes EOS), else their length is None.
+WITHIN_TITLES = {"length": "length (tokens)", "docstring": "has a docstring (share)",
+                 "question_copied": "docstring copies the question (share)", "n_variables": "variables assigned",
+                 "code_lines": "lines of code", "invented_output": "invented <llm-code-output> (share)",
+                 "n_equations": "arithmetic equations written"}
+SOURCE_STYLES = ("-", "--", ":", "-.")  # one line style per source (rollouts, or each eval dataset)
+
+
+def _run_tokenizer(run: Run) -> Callable[[list[str]], list[int]] | None:
+    """Token counts with the run's tokenizer (its final model's, else the evaluated init model's); None if absent."""
+    from .tokenizer import Tokenizer
+
+    inits = [Path(str(e["init"]).rsplit(":", 1)[0]) / "tokenizer.json" for e in run.evals if e.get("init")]
+    for path in [run.path / "final" / "tokenizer.json", *inits]:
+        if path.is_file():
+            tok = Tokenizer.load(path)
+            return lambda texts: [len(ids) for ids in tok.encode_batch(texts)]
+    return None
+
+
+def within_from_rows(path: Path, count_tokens: Callable[[list[str]], list[int]] | None = None) -> dict:
+    """format_metrics.within_format of a saved rows file (rollouts/step_N.jsonl or eval/step_N/NAME_greedy.jsonl);
+    rows without `tokens` get count_tokens(responses) when given, rows without `transcript` none (not guessed)."""
+    rows = read_jsonl(path, tolerate_torn_tail=True)
+    if count_tokens is not None and (missing := [i for i, r in enumerate(rows) if r.get("tokens") is None]):
+        for i, n in zip(missing, count_tokens([str(rows[i].get("response", "")) for i in missing])):
+            rows[i] = {**rows[i], "tokens": n}
+    return within_format(rows)
+
+
+def within_series(run: Run) -> dict[str, dict[int, dict]]:
+    """{source: {step: within-format metrics}}: "rollouts" (metrics.jsonl, else saved rollouts) and every eval
+    dataset (eval/step_N.json's `within`, else its saved greedy rows)."""
+    tokenizer: list = []  # the run's token counter, looked up on first need: [counter or None]
+
+    def from_rows(path: Path) -> dict:
+        if not tokenizer:
+            tokenizer.append(_run_tokenizer(run))
+        return within_from_rows(path, tokenizer[0])
+
+    rollouts = {int(m["step"]): {k: v for k, v in m.items() if k.startswith("within/")}
+                for m in run.metrics if any(k.startswith("within/") for k in m)}
+    for f in sorted(run.path.glob("rollouts/step_*.jsonl"), key=_step_of):
+        if _step_of(f) not in rollouts:
+            rollouts[_step_of(f)] = from_rows(f)
+    out = {"rollouts": dict(sorted(rollouts.items()))} if rollouts else {}
+    for ds in run.datasets:
+        by_step = {}
+        for e in run.evals:
+            rec = e.get("datasets", {}).get(ds)
+            rows = run.path / "eval" / f"step_{e['step']:06d}" / f"{ds}_greedy.jsonl"
+            if rec is not None and rec.get("within") is not None:
+                by_step[e["step"]] = rec["within"]
+            elif rows.exists():
+                by_step[e["step"]] = from_rows(rows)
+        if by_step:
+            out[ds] = by_step
+    return out
+
+
+def fig_within_format(runs: list[Run]) -> Figure | None:
+    """The within-format metrics over RL steps: one row per format, one panel per metric; a color per run and
+    a line style per source (rollouts, each eval dataset's greedy outputs)."""
+    series = [within_series(r) for r in runs]
+    sources = _union(series)
+    if not sources:
+        return None
+    labels = _ordered(_union((k.split("/")[1] for by in s.values() for w in by.values() for k in w) for s in series))
+    rows = [[(key, name) for key, _, name in within_keys([lab])] for lab in labels]
+    ncols = max(len(r) for r in rows)
+    fig = Figure(figsize=(max(8.0, 3.4 * ncols + 0.6), 2.5 * len(rows) + 1.2), layout="constrained")
+    fig.suptitle("Within-format metrics per RL step (mean over the outputs of that format)", fontsize=12)
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    styles = {src: SOURCE_STYLES[i % len(SOURCE_STYLES)] for i, src in enumerate(sources)}
+    drawn = False
+    for lab, panels, axrow in zip(labels, rows, axes):
+        for ax, (key, name) in zip(axrow, panels):
+            ax.set_title(f"{lab} · {WITHIN_TITLES.get(name, name)}", fontsize=10, color=_color(lab))
+            for run_series, color in zip(series, colors):
+                for src, by_step in run_series.items():
+                    steps = np.array(list(by_step), dtype=float)
+                    vals = _column(list(by_step.values()), lambda w: w.get(key))
+                    if len(steps) and not np.isnan(vals).all():
+                        ok = ~np.isnan(vals)  # a step without outputs of this format has no point
+                        _line(ax, steps[ok], vals[ok], src, color, lw=1.5, ls=styles[src])
+            if not ax.lines:
+                _missing(ax, f"no {lab} outputs measured" + ("\n(or no grader verdicts saved: paper mode,\n"
+                                                               "or rows from before they were)"
+                                                               if name == "invented_output" else ""))
+                continue
+            drawn = True
+            _step_axis(ax)
+        for ax in axrow[len(panels):]:
+            ax.set_visible(False)
+    if not drawn:
+        return None
+    _legend(fig, [Line2D([], [], color=c, lw=1.5, label=r.name) for r, c, s in zip(runs, colors, series) if s]
+            + [Line2D([], [], color="black", lw=1.5, ls=styles[src], label=src if src == "rollouts"
+                      else f"eval {src} (greedy)") for src in sources])
+    return fig
+
+
 FIGURES = (  # (file stem, caption, function): the order of the page
     ("format_shares_eval", "Format share of greedy evaluation outputs per RL step, greedy pass@1 on top.",
      fig_format_shares_eval),
@@ -332,6 +442,9 @@ FIGURES = (  # (file stem, caption, function): the order of the page
     ("pass_at_k", "pass@1 (greedy), pass@k and maj@k (sampled) per evaluation.", fig_pass_at_k),
     ("format_acc", "Accuracy within each format; a format with no outputs at a step has no point.", fig_format_acc),
     ("training", "RL training curves from metrics.jsonl.", fig_training),
+    ("within_format", "Inside each format: length, docstrings, variables, lines of code, invented interpreter "
+     "output, written equations (format_metrics.py defines them); rollouts and greedy evaluations.",
+     fig_within_format),
 )
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from .. import distributed as dist
 from ..checkpoint import export_model, save_checkpoint
 from ..evaluate import evaluate, format_results, load_dataset, load_policy
+from ..format_metrics import within_format
 from ..formats import LABELS, format_stats
 from ..model import OLMo
 from ..runio import append_jsonl, atomic_write_json, write_jsonl
@@ -67,13 +68,15 @@ def rollout_rows(roll: ro.Rollout) -> list[dict]:
     """rollouts/step_N.jsonl: one row per sample, named like evaluation rows (question, response, ...)."""
     return [{"question": roll.question(i).question, "response": roll.texts[i], "label": g.label,
              "answer": g.answer, "gold": roll.question(i).answer, "correct": g.correct,
-             "reward": roll.rewards[i].item(), "finished": roll.finished[i], "tokens": len(roll.response_tokens[i])}
+             "reward": roll.rewards[i].item(), "finished": roll.finished[i], "tokens": len(roll.response_tokens[i]),
+             "transcript": g.transcript}
             for i, g in enumerate(roll.graded)]
 
 
 def rollout_stats(rows: list[dict], group_size: int) -> dict:
     """What the paper watches per step, from a step's rollout rows (groups of group_size samples in order):
-    reward, accuracy, length, truncation, groups without signal, and the share and accuracy of each format."""
+    reward, accuracy, length, truncation, groups without signal, the share and accuracy of each format, and
+    the within-format metrics (format_metrics: `within/<label>/...`, None where a format has no sample)."""
     n = len(rows)
     rewards = torch.tensor([r["reward"] for r in rows]).view(-1, group_size)
     table = format_stats([r["label"] for r in rows], [r["correct"] for r in rows])
@@ -87,7 +90,7 @@ def rollout_stats(rows: list[dict], group_size: int) -> dict:
     for lab in LABELS:
         stats[f"format_share/{lab}"] = table[lab]["share"]
         stats[f"format_acc/{lab}"] = table[lab]["accuracy"]
-    return stats
+    return {**stats, **within_format(rows)}
 
 
 def summarize(first: dict, last: dict, wall: float) -> dict:
