@@ -88,7 +88,7 @@ def test_study_report_puts_the_study_figure_first_and_records_its_numbers(tmp_pa
         fake_cell(out, "rl.algo=grpo,seed=0", {"rl.algo": "grpo", "seed": 0}, cfg,
                   {0: ds(0.2, {"text": 0.6, "omi1": 0.4}), 4: ds(0.6, {"omi1": 0.9, "text": 0.1})}),
         fake_cell(out, "rl.algo=grpo,seed=1", {"rl.algo": "grpo", "seed": 1}, cfg,
-                  {0: ds(0.4, {"text": 0.8, "omi1": 0.2}), 4: ds(0.8, {"text": 0.7, "omi1": 0.3})}),
+                  {0: ds(0.4, {"text": 0.95, "omi1": 0.05}), 4: ds(0.8, {"text": 0.7, "omi1": 0.3})}),
         fake_cell(out, "rl.algo=ei,seed=0", {"rl.algo": "ei", "seed": 0},
                   {"rl": {"algo": "ei", "ei": {"prompts_per_round": 8, "samples_per_prompt": 4}}},
                   {0: ds(0.2, {"text": 1.0}), 1: ds(0.3, {"tinygsm": 1.0})}),
@@ -102,10 +102,12 @@ def test_study_report_puts_the_study_figure_first_and_records_its_numbers(tmp_pa
     assert grpo["pass1_before"]["mean"] == pytest.approx(0.3) and grpo["pass1_after"]["mean"] == pytest.approx(0.7)
     assert grpo["pass1_after"]["sd"] == pytest.approx(0.1)
     assert grpo["winner_per_run"] == ["omi1", "text"]  # each seed's own winner, not the mean's
-    # seed 0 reaches 90% omi1 at step 4, where its pass@1 jumps; seed 1 never collapses
+    # seed 0 reaches 90% omi1 at step 4, where its pass@1 jumps; seed 1 starts at 95% text and ends at 70%:
+    # never collapsed onto its winner
     assert grpo["timing_per_run"] == [{"collapse_step": 4, "largest_gain_step": 4},
                                       {"collapse_step": None, "largest_gain_step": 4}]
     assert grpo["format_share_after"]["omi1"] == pytest.approx(0.6)
+    assert grpo["format_share_before"]["text"] == pytest.approx(0.775)
     assert ei["winner_per_run"] == ["tinygsm"] and ei["passk_after"] is None
     assert json.loads((out / "study.json").read_text()) == summary
     assert summary["result_lines"][0].startswith("rl.algo=grpo [synthetic_test]: pass@1 30.0% ± 10.0% -> 70.0%")

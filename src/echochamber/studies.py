@@ -285,12 +285,16 @@ COLLAPSED = 0.9  # a run has collapsed once one format holds this share of its g
 
 
 def collapse_timing(run: Run, dataset: str) -> dict:
-    """When the run collapsed (first evaluation step with one format at >= COLLAPSED of greedy outputs; None if
-    never) and where its largest pass@1 gain between consecutive evaluations ended: the paper's claim is that
-    the two coincide."""
+    """When the run collapsed onto the format that wins it (the first evaluation step from which its final winner
+    holds >= COLLAPSED of greedy outputs at every later evaluation; None if it does not end so) and where its largest pass@1 gain between
+    consecutive evaluations ended: the paper's claim is that the two coincide."""
     recs = [(e["step"], e["datasets"][dataset]) for e in run.evals if dataset in e.get("datasets", {})]
-    collapse = next((s for s, d in recs if max((v for lab, v in d["format_share"].items() if lab != "unknown"),
-                                                  default=0.0) >= COLLAPSED), None)
+    if not recs:
+        return {"collapse_step": None, "largest_gain_step": None}
+    final = recs[-1][1]["format_share"]
+    winner = max((lab for lab in final if lab != "unknown"), key=final.get, default=None)
+    held = [d["format_share"].get(winner, 0.0) >= COLLAPSED for _, d in recs]
+    collapse = next((s for i, (s, _) in enumerate(recs) if all(held[i:])), None)
     gains = [(b[1]["pass@1"] - a[1]["pass@1"], b[0]) for a, b in zip(recs, recs[1:])]
     return {"collapse_step": collapse, "largest_gain_step": max(gains)[1] if gains else None}
 
