@@ -245,9 +245,7 @@ def iter_documents(src: SourceConfig, cfg: DataConfig) -> Iterator[str]:
 def systematic_error(src: SourceConfig, cfg: DataConfig) -> str | None:
     """A resolved synthetic source's systematic error ("*->+"), or None: its own, else its format's."""
     rewrite = src.systematic_error if src.systematic_error is not None else cfg.synthetic.systematic_error.get(src.format)
-    if rewrite is not None and src.systematic_error is None:
-        parse_rewrite(rewrite, f"synthetic.systematic_error.{src.format}")
-    return None if rewrite in (None, "none") else rewrite
+    return None if rewrite in (None, "none") else rewrite  # both checked by resolve_sources
 
 
 # The train stream of the last SyntheticConfig used (its JSON -> problems): tokenizer training and encoding read
