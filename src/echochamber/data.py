@@ -12,6 +12,17 @@ share a problem, even with the names changed (separate seeds per source would sh
 A source's problems therefore depend on the synthetic sources listed before it in the mixture.
 `share_problems: true` renders the same problems in every format instead.
 
+The synthetic world's knobs (all seeded: the same config gives the same documents):
+  data.synthetic.*                 the problems: number ranges, steps (tasks/synthetic.py SyntheticConfig;
+                                   configs/small_numbers.yaml is a world where text arithmetic is learnable)
+  data.n_problems, sources[].n     documents per source: one size for all, or per format, e.g.
+                                   `data.sources=[{name: omi1, n: 5000}]` beside mixture tg_omi1_text
+  synthetic.error_rate[format],    random errors: that share of a format's solutions has one wrong step
+    sources[].error_rate
+  synthetic.systematic_error[format],  a systematic error, "*->+": every multiplication of that format's
+    sources[].systematic_error         solutions done as an addition (see tasks/synthetic.py "Errors")
+A source's own value overrides its format's; all of them are part of its token cache's identity.
+
 Each source is tokenized ONCE per tokenizer into a token cache, CACHE_DIR/<source>-<key>/ (see "token caches"
 below); the ten mixtures of the paper's 150M sweep share their as, fm3 and tg caches. `build_dataset` writes to
 OUT_DIR:
@@ -53,7 +64,8 @@ from tqdm import tqdm
 from .runio import atomic_write, atomic_write_json, git_commit
 from .tasks.hub import HUB_DATASETS, hub_documents
 from .tasks.local import RecordSpec, iter_jsonl, iter_parquet, kept, record_to_document
-from .tasks.synthetic import FORMAT_NAMES, SyntheticConfig, SyntheticProblem, generate, render_solution
+from .tasks.synthetic import (FORMAT_NAMES, SyntheticConfig, SyntheticProblem, generate, parse_rewrite,
+                              render_solution)
 from .tokenizer import Tokenizer, train_tokenizer
 
 SourceKind = Literal["synthetic", "jsonl", "parquet", "hub"]
@@ -73,8 +85,13 @@ class SourceConfig:
     solution_field: str = "solution"  # field with the solution (paper: code / generated_solution / response)
     keep_field: str | None = None  # keep only records where this field is true (paper: OMI1 `is_correct`)
     repeat: int = 1  # full copies of this source in the one epoch (the "4x" in 4xomi1); >= 1
-    n: int | None = None  # documents to use (synthetic: problems to generate); None = DataConfig.n_problems / all
+    # documents to use (synthetic: problems to generate, so formats can have different document counts, e.g.
+    # `data.sources=[{name: omi1, n: 5000}]` beside mixture tg_omi1_text); None = DataConfig.n_problems / all
+    n: int | None = None
     error_rate: float | None = None  # synthetic: chance a solution has a wrong step; None = synthetic.error_rate[format]
+    # synthetic: "A->B", every step of operation A done as B (tasks/synthetic.py systematic_ops); None =
+    # synthetic.systematic_error[format] if there is one; "none" = no systematic error for this source
+    systematic_error: str | None = None
 
 
 @dataclass
@@ -82,9 +99,11 @@ class DataConfig:
     """What `echochamber data` builds. The paper: OLMo data pipeline, Llama-2 tokenizer, 2048-token sequences."""
     mixture: str | None = "tg_omi1_text"  # paper-style name; None = use `sources` as listed
     mixture_kind: Literal["synthetic", "hub"] = "synthetic"  # what a mixture key means unless `sources` names it
-    sources: list[SourceConfig] = field(default_factory=list)  # explicit sources (override mixture keys by name)
+    # explicit sources (override mixture keys by name); give only what differs, e.g. a per-format size or error:
+    # sources: [{name: omi1, n: 5000}, {name: tg, systematic_error: "*->+"}]
+    sources: list[SourceConfig] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generator knobs for synthetic sources
-    n_problems: int = 20000  # problems per synthetic source (before repeats)
+    n_problems: int = 20000  # problems per synthetic source (before repeats) unless the source gives its own n
     share_problems: bool = False  # synthetic sources render the SAME problems (default: disjoint draws per source)
     seq_len: int = 256  # tokens the model sees per row (rows hold seq_len + 1); paper 2048
     vocab_size: int = 1024  # BPE vocabulary when training the tokenizer (paper: Llama-2, 32000)
@@ -155,6 +174,8 @@ def resolve_sources(cfg: DataConfig) -> list[SourceConfig]:
         sources = list(cfg.sources)
     else:
         raise ValueError("data: give a mixture name or a list of sources")
+    if any(s.kind == "synthetic" for s in sources):
+        cfg.synthetic.check()  # bad generator knobs fail here, naming the key, not deep inside a build
     return [_check_source(s, cfg) for s in sources]
 
 
@@ -179,7 +200,11 @@ def _check_source(s: SourceConfig, cfg: DataConfig) -> SourceConfig:
         fmt = s.format or SYNTHETIC_FORMATS.get(s.name)
         if fmt not in FORMAT_NAMES:
             raise ValueError(f"{where}: synthetic format must be one of {FORMAT_NAMES}, got {fmt!r}")
+        if s.systematic_error not in (None, "none"):
+            parse_rewrite(s.systematic_error, f"{where}: systematic_error")
         return dataclasses.replace(s, format=fmt, n=s.n or cfg.n_problems)
+    if s.systematic_error is not None:
+        raise ValueError(f"{where}: systematic_error is for synthetic sources only (kind {s.kind})")
     if not s.path:
         raise ValueError(f"{where}: kind {s.kind} needs a path")
     if s.kind == "hub" and s.path not in HUB_DATASETS:
@@ -195,9 +220,10 @@ def iter_documents(src: SourceConfig, cfg: DataConfig) -> Iterator[str]:
     """The documents of one resolved source, in a fixed order, without EOS (the packer appends it as an id)."""
     if src.kind == "synthetic":
         rate = src.error_rate if src.error_rate is not None else cfg.synthetic.error_rate.get(src.format, 0.0)
+        rewrite = systematic_error(src, cfg)
         rng = random.Random(f"{cfg.seed or 0}/{src.name}/render")  # which solutions get a wrong step
         for p in _synthetic_problems(src, cfg):
-            yield p.question + "\n\n" + render_solution(p, src.format, error_rate=rate, rng=rng)
+            yield p.question + "\n\n" + render_solution(p, src.format, error_rate=rate, rng=rng, systematic=rewrite)
         return
     if src.kind == "hub":  # streamed: a 12M-record dataset never sits in memory
         yield from hub_documents(src.path, src.split, src.n)
@@ -214,6 +240,12 @@ def iter_documents(src: SourceConfig, cfg: DataConfig) -> Iterator[str]:
         if kept(rec, spec, where):
             yield record_to_document(rec, spec, where)
             n += 1
+
+
+def systematic_error(src: SourceConfig, cfg: DataConfig) -> str | None:
+    """A resolved synthetic source's systematic error ("*->+"), or None: its own, else its format's."""
+    rewrite = src.systematic_error if src.systematic_error is not None else cfg.synthetic.systematic_error.get(src.format)
+    return None if rewrite in (None, "none") else rewrite  # both checked by resolve_sources
 
 
 # The train stream of the last SyntheticConfig used (its JSON -> problems): tokenizer training and encoding read
@@ -263,12 +295,17 @@ def source_identity(src: SourceConfig, cfg: DataConfig) -> dict:
     A hub source is keyed by its dataset key, split and n: a dataset changed on the hub keeps its old cache until
     that cache folder is deleted."""
     ident = {"version": CACHE_VERSION, **dataclasses.asdict(src)}
-    del ident["repeat"]
+    del ident["repeat"], ident["systematic_error"]
     if src.kind == "synthetic":
         start, _ = _synthetic_slice(src, cfg)
-        ident.update(start=start, seed=cfg.seed, synthetic=dataclasses.asdict(cfg.synthetic),
+        synthetic = dataclasses.asdict(cfg.synthetic)
+        del synthetic["systematic_error"]  # other formats' rewrites do not change this source's documents
+        ident.update(start=start, seed=cfg.seed, synthetic=synthetic,
                      error_rate=src.error_rate if src.error_rate is not None else
                      cfg.synthetic.error_rate.get(src.format, 0.0))
+        # The effective rewrite, only when there is one: caches built before the knob existed keep their key.
+        if rewrite := systematic_error(src, cfg):
+            ident["systematic_error"] = rewrite
     elif src.kind in ("jsonl", "parquet"):
         st = Path(src.path).stat()
         ident.update(path=str(Path(src.path).resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns)

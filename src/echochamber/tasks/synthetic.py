@@ -14,15 +14,29 @@ That difference is the mechanism the study must be able to show: in the code for
 arithmetic and the model only writes expressions over numbers it copies from the question; in text the model
 must itself get `24 - 5 = 19` right, which is harder for a tiny model.
 
-Splits. `train` and `test` share the step/number settings; `hard` has more steps and larger numbers (transfer).
-A problem's split is decided by a hash of its computation (the given numbers, in order, and the operations
-between them; not the names, objects or story), so no test or hard question ever occurs in train, not even
-with the names changed, for ANY seed: data.py draws each pretraining source from the train split with its own
-seed, and all of them stay disjoint from the test split of every seed.
+Splits. `train` and `test` share the step/number settings; `hard` has more steps and larger numbers (transfer);
+`longer` has the train/test numbers with exactly max_steps + 1 steps, one more than train ever has (transfer in
+length alone). A problem's split is decided by a hash of its computation (the given numbers, in order, and the
+operations between them; not the names, objects or story): test, hard and longer are drawn from the held-out side,
+train from the rest, so no held-out question ever occurs in train, not even with the names changed, for ANY seed:
+data.py draws each pretraining source from the train split with its own seed, and all of them stay disjoint from
+the held-out splits of every seed.
 
 Errors. `render_solution(..., error_rate=p)` makes a solution wrong with probability p the way a weaker
 dataset is wrong: one step uses the wrong operation, and everything after it (later steps, the printed output,
-the boxed answer) follows the wrong value consistently.
+the boxed answer) follows the wrong value consistently. Greedy decoding averages such noise away, so it cannot
+make a format lose; a SYSTEMATIC error can: `render_solution(..., systematic="*->+")` (SyntheticConfig.
+systematic_error per format) does every multiplication of the solution as an addition, with the same
+consistency. Values stay exact and positive: a step whose rewrite would make the computation inexact or
+non-positive (e.g. *->+ shrinks 4 * 6 = 24 to 10, and a later "gives 15 away" would go below zero) keeps its
+true operation (`systematic_ops`). Measured on 3000 train problems (`systematic_share`), the share of the
+operation's steps rewritten: *->+ 69% (small_numbers world: 74%), -->+ 93%, +->* 83%, /->(+-*) 100%;
+rewrites to - or / fail more often (+->- 54%, *->/ 12%).
+
+Knobs of the synthetic world (SyntheticConfig): the number ranges (min/max_number, max_factor, max_value; the
+`small_numbers` config is a world where text arithmetic is learnable), the steps (min/max_steps, hard_*),
+per-format random and systematic errors (error_rate, systematic_error; a pretraining source can override both),
+and, in data.py, per-format document counts (SourceConfig.n).
 """
 
 from __future__ import annotations
@@ -35,8 +49,8 @@ from typing import Literal
 
 from .problem import Problem
 
-Split = Literal["train", "test", "hard"]
-SPLITS = ("train", "test", "hard")
+Split = Literal["train", "test", "hard", "longer"]
+SPLITS = ("train", "test", "hard", "longer")
 SPLIT_SALT = "echochamber-synthetic-split-v1"  # changing it reshuffles which problems are test: never do so silently
 
 
@@ -61,6 +75,10 @@ class SyntheticConfig:
     # chance that a rendered solution of each format has one wrong step (models datasets of different quality;
     # a pretraining source's own `error_rate` is what data.py passes to render_solution)
     error_rate: dict[str, float] = field(default_factory=lambda: {"tinygsm": 0.0, "omi1": 0.0, "text": 0.0})
+    # format -> "A->B": that format's solutions always do operation A as B (e.g. {"tinygsm": "*->+"}: every
+    # multiplication is written as an addition), a systematic error that greedy decoding cannot average away
+    # (see "Errors" above; a pretraining source's own `systematic_error` overrides its format's entry). Off: {}
+    systematic_error: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise ValueError naming the field when the settings cannot produce problems."""
@@ -76,6 +94,10 @@ class SyntheticConfig:
         for fmt, p in self.error_rate.items():
             if fmt not in FORMAT_NAMES or not 0.0 <= p <= 1.0:
                 raise ValueError(f"synthetic.error_rate: {fmt!r}: {p} (formats {FORMAT_NAMES}, rates in [0, 1])")
+        for fmt, rewrite in self.systematic_error.items():
+            if fmt not in FORMAT_NAMES:
+                raise ValueError(f"synthetic.systematic_error: unknown format {fmt!r} (formats {FORMAT_NAMES})")
+            parse_rewrite(rewrite, f"synthetic.systematic_error.{fmt}")
 
 
 FORMAT_NAMES = ("tinygsm", "omi1", "text")
@@ -96,7 +118,8 @@ def _params(split: str, cfg: SyntheticConfig) -> _Params:
     if split == "hard":
         return _Params(cfg.hard_min_steps, cfg.hard_max_steps, cfg.min_number, cfg.hard_max_number,
                        cfg.hard_max_factor, cfg.hard_max_value)
-    return _Params(cfg.min_steps, cfg.max_steps, cfg.min_number, cfg.max_number, cfg.max_factor, cfg.max_value)
+    steps = (cfg.max_steps + 1,) * 2 if split == "longer" else (cfg.min_steps, cfg.max_steps)
+    return _Params(*steps, cfg.min_number, cfg.max_number, cfg.max_factor, cfg.max_value)
 
 
 # ----------------------------------------------------------------------------- problems
@@ -578,8 +601,9 @@ def _split_of(key: str, test_fraction: float) -> str:
 def generate(split: Split, n: int, cfg: SyntheticConfig | None = None) -> list[SyntheticProblem]:
     """The first `n` problems of `split` for `cfg.seed` (a longer list extends a shorter one: same prefix).
 
-    train/test: cfg.min_steps..max_steps steps, numbers up to max_number/max_factor; hard: the hard_* settings,
-    drawn from the held-out side of the hash split like test. Problems are unique within a split.
+    train/test: cfg.min_steps..max_steps steps, numbers up to max_number/max_factor; hard: the hard_* settings;
+    longer: the train/test numbers with exactly max_steps + 1 steps. test, hard and longer are drawn from the
+    held-out side of the hash split. Problems are unique within a split.
     """
     cfg = cfg or SyntheticConfig()
     if split not in SPLITS:
@@ -614,7 +638,7 @@ def generate(split: Split, n: int, cfg: SyntheticConfig | None = None) -> list[S
 
 
 def load(split: Split, n: int | None = None, cfg: SyntheticConfig | None = None) -> list[Problem]:
-    """`generate` as `Problem`s; n=None gives cfg.train_size (train) or cfg.test_size (test, hard) problems."""
+    """`generate` as `Problem`s; n=None gives cfg.train_size (train) or cfg.test_size (the others) problems."""
     cfg = cfg or SyntheticConfig()
     if n is None:
         n = cfg.train_size if split == "train" else cfg.test_size
@@ -639,27 +663,77 @@ def evaluate(problem: SyntheticProblem, ops: dict[int, str] | None = None) -> li
     return out
 
 
-def wrong_step(problem: SyntheticProblem, rng: random.Random) -> dict[int, str]:
+_REWRITE_RE = re.compile(r"^([-+*/])->([-+*/])$")
+
+
+def parse_rewrite(rewrite: str, where: str = "systematic_error") -> tuple[str, str]:
+    """"*->+" -> ("*", "+"): a systematic error's operation and the one written instead; bad input raises
+    ValueError naming `where` (the config key)."""
+    m = _REWRITE_RE.match(str(rewrite).replace(" ", ""))
+    if not m or m.group(1) == m.group(2):
+        raise ValueError(f"{where}: expected 'A->B' with two different operations of + - * /, e.g. '*->+'; "
+                         f"got {rewrite!r}")
+    return m.group(1), m.group(2)
+
+
+def systematic_ops(problem: SyntheticProblem, rewrite: str | None) -> dict[int, str]:
+    """The steps a systematic error "A->B" rewrites: {step index: B}.
+
+    Every step whose operation is A uses B instead, except a step whose rewrite would make the computation
+    inexact or non-positive (a division that no longer divides, a subtraction that goes to 0 or below, in that
+    step or any later one fed by its value): that step keeps A. The steps are taken in order, each rewritten
+    when the whole computation stays exact and positive with it and the rewrites already made, and passes
+    repeat until none is added, so the result is always a valid computation to which no further step can be
+    rewritten, the same for a problem in every document. "->+" and "->*" never fail on their own step; what
+    fails is a later "-" or "/" fed by the changed value (e.g. *->+ makes 4 * 6 = 24 a 10, and "gives 15 away"
+    then goes below zero): the exceptions are counted by `systematic_share`.
+    """
+    if not rewrite:
+        return {}
+    a, b = parse_rewrite(rewrite)
+    ops: dict[int, str] = {}
+    while True:
+        added = False
+        for i, s in enumerate(problem.steps):
+            if s.op == a and i not in ops and evaluate(problem, ops | {i: b}) is not None:
+                ops[i], added = b, True
+        if not added:
+            return dict(sorted(ops.items()))
+
+
+def systematic_share(problems: list[SyntheticProblem], rewrite: str) -> tuple[int, int]:
+    """(steps rewritten, steps with the rewrite's operation) over `problems`: how systematic the error is."""
+    a, _ = parse_rewrite(rewrite)
+    return (sum(len(systematic_ops(p, rewrite)) for p in problems),
+            sum(s.op == a for p in problems for s in p.steps))
+
+
+def wrong_step(problem: SyntheticProblem, rng: random.Random, base: dict[int, str] | None = None) -> dict[int, str]:
     """Pick one step and a wrong operation for it such that the whole (wrong) computation stays exact and
-    positive and the final answer differs: {step index: wrong op}."""
-    true = evaluate(problem)
-    bound = 10 * max(true) + 1000  # keep the wrong numbers of a similar size
-    options = [(i, op) for i, s in enumerate(problem.steps) for op in _PY_OP if op != s.op]
+    positive and the final answer differs: {step index: wrong op}. base: the ops the solution already uses
+    instead of the true ones (a systematic error); the wrong step is one more change on top of them, and its
+    answer differs from both the true one and base's."""
+    base = base or {}
+    true, start = evaluate(problem), evaluate(problem, base)
+    bound = 10 * max(start) + 1000  # keep the wrong numbers of a similar size
+    options = [(i, op) for i, s in enumerate(problem.steps) for op in _PY_OP if op != base.get(i, s.op)]
     rng.shuffle(options)
     for i, op in options:
-        vals = evaluate(problem, {i: op})
-        if vals is not None and vals[-1] != true[-1] and max(vals) <= bound:
+        vals = evaluate(problem, base | {i: op})
+        if vals is not None and vals[-1] not in (true[-1], start[-1]) and max(vals) <= bound:
             return {i: op}
     # Unreachable for generated problems: the last step can always take + or * (both exact and positive).
     raise ValueError(f"{problem.id}: no wrong step keeps the computation exact")
 
 
 def render_solution(problem: SyntheticProblem, fmt: str, *, error_rate: float = 0.0,
-                    rng: random.Random | None = None) -> str:
+                    rng: random.Random | None = None, systematic: str | None = None) -> str:
     """The solution of `problem` in format tinygsm | omi1 | text (without the question).
 
-    With probability `error_rate` one step uses a wrong operation and everything after it follows the wrong
-    value (a consistent wrong answer). rng: the randomness of that choice; None = a fixed per-problem stream.
+    systematic: a rewrite "A->B" done in every step it can be (`systematic_ops`). With probability `error_rate`
+    one more step uses a wrong operation. Either way everything after a changed step follows its value (a
+    consistent wrong answer: later steps, the printed output, the box). rng: the randomness of the random
+    error; None = a fixed per-problem stream.
     """
     from .. import formats  # the module that owns the formats' exact layout
 
@@ -667,11 +741,11 @@ def render_solution(problem: SyntheticProblem, fmt: str, *, error_rate: float = 
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMAT_NAMES}")
     if not 0.0 <= error_rate <= 1.0:
         raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
-    ops: dict[int, str] = {}
+    ops = systematic_ops(problem, systematic)
     if error_rate > 0.0:
         rng = rng or random.Random(f"{problem.id}/{fmt}/errors")
         if rng.random() < error_rate:
-            ops = wrong_step(problem, rng)
+            ops |= wrong_step(problem, rng, ops)
     values = evaluate(problem, ops)
     answer = str(values[-1])
     steps = [(s, ops.get(i, s.op), v) for i, (s, v) in enumerate(zip(problem.steps, values))]
