@@ -63,6 +63,23 @@ def test_longer_has_one_more_step_than_train_and_is_held_out(cfg):
     assert generate("longer", 100, cfg) == longer[:100]  # seeded and prefix-stable like every split
 
 
+@pytest.mark.parametrize("cfg", [CFG, SMALL], ids=["default", "small_numbers"])
+def test_larger_states_only_amounts_above_train_and_is_held_out(cfg):
+    larger = generate("larger", 300, cfg)
+    train = generate("train", 4000, cfg)
+    assert {len(p.steps) for p in larger} <= set(range(cfg.min_steps, cfg.max_steps + 1))
+    train_amounts = {v for p in train for _, v in p.givens if v > cfg.max_factor}
+    for p in larger:
+        values = evaluate(p)
+        assert values is not None and values[-1] == p.answer and all(0 < v <= 2 * cfg.max_value for v in values)
+        # every given is a multiplier of train's range or an amount above anything a train question states
+        assert all(v <= cfg.max_factor or cfg.max_number < v for _, v in p.givens)
+    assert max(train_amounts) <= cfg.max_value + cfg.max_number and min(
+        v for p in larger for _, v in p.givens if v > cfg.max_factor) > cfg.max_number
+    keys = {computation_key(p.givens, p.steps) for p in larger}
+    assert len(keys) == 300 and not keys & {computation_key(p.givens, p.steps) for p in train}
+
+
 def test_longer_loads_through_load_problems_and_evaluate():
     from echochamber.evaluate import load_dataset
 

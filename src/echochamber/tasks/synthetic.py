@@ -16,7 +16,8 @@ must itself get `24 - 5 = 19` right, which is harder for a tiny model.
 
 Splits. `train` and `test` share the step/number settings; `hard` has more steps and larger numbers (transfer);
 `longer` has the train/test numbers with exactly max_steps + 1 steps, one more than train ever has (transfer in
-length alone). A problem's split is decided by a hash of its computation (the given numbers, in order, and the
+length alone); `larger` has the train/test steps and multipliers with every stated amount in (max_number,
+2 max_number], above anything a train question states (transfer in magnitude alone; results up to 2 max_value). A problem's split is decided by a hash of its computation (the given numbers, in order, and the
 operations between them; not the names, objects or story): test, hard and longer are drawn from the held-out side,
 train from the rest, so no held-out question ever occurs in train, not even with the names changed, for ANY seed:
 data.py draws each pretraining source from the train split with its own seed, and all of them stay disjoint from
@@ -49,8 +50,8 @@ from typing import Literal
 
 from .problem import Problem
 
-Split = Literal["train", "test", "hard", "longer"]
-SPLITS = ("train", "test", "hard", "longer")
+Split = Literal["train", "test", "hard", "longer", "larger"]
+SPLITS = ("train", "test", "hard", "longer", "larger")
 SPLIT_SALT = "echochamber-synthetic-split-v1"  # changing it reshuffles which problems are test: never do so silently
 
 
@@ -118,6 +119,9 @@ def _params(split: str, cfg: SyntheticConfig) -> _Params:
     if split == "hard":
         return _Params(cfg.hard_min_steps, cfg.hard_max_steps, cfg.min_number, cfg.hard_max_number,
                        cfg.hard_max_factor, cfg.hard_max_value)
+    if split == "larger":  # every stated amount above any train states; the steps and multipliers of train
+        return _Params(cfg.min_steps, cfg.max_steps, cfg.max_number + 1, 2 * cfg.max_number, cfg.max_factor,
+                       2 * cfg.max_value)
     steps = (cfg.max_steps + 1,) * 2 if split == "longer" else (cfg.min_steps, cfg.max_steps)
     return _Params(*steps, cfg.min_number, cfg.max_number, cfg.max_factor, cfg.max_value)
 
