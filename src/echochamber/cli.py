@@ -5,6 +5,7 @@
     echochamber sample     look at what a model writes, graded by format
     echochamber rl         RL post-training with verifiable rewards       (OUT/rl)
     echochamber eval       pass@1 / pass@k / maj@k and format shares
+    echochamber probe      each format's accuracy when the model is forced into it, beside its greedy pick
     echochamber report     figures + report.html for one or more RL runs
     echochamber grade      label and grade any JSONL of responses
     echochamber quickstart every stage on a laptop, end to end
@@ -110,6 +111,30 @@ def cmd_eval(args) -> None:
     summary = evaluate(model, tok, cfg, step=0, out_root=out)
     print(format_results(summary))
     print(f"generations and results: {out}")
+
+
+def cmd_probe(args) -> None:
+    from dataclasses import replace
+
+    from .evaluate import evaluate_dataset, load_dataset, load_policy
+    from .probe import format_probe, probe_dataset
+    from .runio import atomic_write_json
+
+    from . import distributed as dist
+
+    cfg = _load(args)
+    model, tok = load_policy(args.model, dist.init(cfg.device).device)
+    model.eval()
+    out = Path(args.out) if args.out else Path(args.model).parent / "probe"
+    problems = load_dataset(args.dataset, cfg.eval.n_problems if args.n is None else args.n, cfg, cfg.eval.data_path)
+    ecfg = replace(cfg.eval, n_samples=0)  # the unforced side: the evaluation's greedy pass
+    unforced = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=out, name="unforced")
+    result = probe_dataset(model, tok, problems, ecfg, seed=cfg.seed, unforced=unforced, out_dir=out)
+    atomic_write_json(out / "probe.json", {"model": str(args.model), "dataset": args.dataset, "n": len(problems),
+                                           "mode": ecfg.mode, "max_new_tokens": ecfg.max_new_tokens,
+                                           "unforced_pass@1": unforced["pass@1"], "formats": result})
+    print(format_probe(result))
+    print(f"probe.json and responses (probe_FORMAT.jsonl, unforced_greedy.jsonl): {out}")
 
 
 def cmd_report(args) -> None:
@@ -220,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="results folder (default: MODEL/../eval)")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("probe", help="each format's accuracy when forced into it, beside the unforced greedy pick",
+                       usage="echochamber probe MODEL [KEY=VALUE ...] [--config C] [--dataset D] [--n N] [--out DIR]")
+    p.add_argument("model", help="model folder (with tokenizer.json)")
+    _add_config_args(p)
+    p.add_argument("--dataset", default="synthetic:test", help="SOURCE:SPLIT (default synthetic:test)")
+    p.add_argument("--n", type=int, help="problems (default eval.n_problems; 0 = all)")
+    p.add_argument("--out", help="results folder: probe.json, probe_FORMAT.jsonl (default: MODEL/../probe)")
+    p.set_defaults(fn=cmd_probe)
 
     p = sub.add_parser("report", help="figures and report.html for RL runs")
     p.add_argument("runs", nargs="+", help="RL run folders (each with metrics.jsonl / eval/)")

@@ -19,6 +19,7 @@ import torch
 
 from . import distributed as dist
 from . import formats
+from . import probe as forced
 from .checks import check
 from .format_metrics import within_format
 from .formats import LABELS
@@ -45,6 +46,8 @@ class EvalConfig:
     add_bos: bool = False  # prepend the tokenizer's BOS to each question (the authors' vLLM + Llama-2 eval: <s>)
     data_path: str | None = None  # folder holding gsm8k/, math500/, aime/ (default: ../shared/data if present)
     model: str | None = None  # model folder for `echochamber eval` (default OUT_DIR/pretrain/model)
+    probe: bool = False  # also answer every problem forced into each format (probe.py; 3 more greedy passes),
+    # stored as datasets[NAME]["probe"] in step_N.json: each format's forced accuracy over RL steps
 
     def __post_init__(self):
         check(self, at_least_1=("max_new_tokens", "batch_prompts"),
@@ -191,6 +194,10 @@ def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, poo
         problems = load_dataset(spec, ecfg.n_problems if n_problems is None else n_problems, cfg, ecfg.data_path)
         results[name] = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir, name=name,
                                          pool=pool, progress=progress, ctx=ctx)
+        if ecfg.probe:
+            results[name]["probe"] = forced.probe_dataset(model, tok, problems, ecfg, seed=cfg.seed,
+                                                          unforced=results[name], pool=pool, out_dir=step_dir,
+                                                          prefix=f"{name}_", progress=progress, ctx=ctx)
     model.train(was_training)
     summary = {"step": step, **(extra or {}), "datasets": results}
     if ctx is None or ctx.is_main:

@@ -434,6 +434,41 @@ def fig_within_format(runs: list[Run]) -> Figure | None:
     return fig
 
 
+def fig_probe(runs: list[Run]) -> Figure | None:
+    """Forced-format probe (probe.py, eval.probe): each format's accuracy when the model is forced into it
+    (solid) beside the share the model gives it unforced (dashed), over RL steps; None when no step has one."""
+    def probed(run: Run, ds: str) -> list[dict]:
+        return [e for e in run.evals if (e.get("datasets", {}).get(ds) or {}).get("probe")]
+
+    datasets = [ds for ds in _union(r.datasets for r in runs) if any(probed(r, ds) for r in runs)]
+    if not datasets:
+        return None
+    fig, axes = _grid(len(datasets), len(runs), "Forced-format probe: accuracy when forced into each format "
+                      "(solid) and the format's share of unforced greedy outputs (dashed)")
+    seen: set[str] = set()
+    for i, ds in enumerate(datasets):
+        for j, run in enumerate(runs):
+            ax, evals = axes[i, j], probed(run, ds)
+            ax.set_title(f"{run.name} · {ds}", fontsize=10)
+            if not evals:
+                _missing(ax, "no probe in this run's evaluations")
+                continue
+            steps = np.array([e["step"] for e in evals])
+            probes = [e["datasets"][ds]["probe"] for e in evals]
+            for lab in _ordered(_union(probes)):
+                seen.add(lab)
+                for key, ls in (("forced_accuracy", "-"), ("unforced_share", "--")):
+                    _line(ax, steps, _column(probes, lambda p: (p.get(lab) or {}).get(key)), lab, _color(lab),
+                          lw=1.6, ls=ls)
+            ax.set_ylim(0, 1.02)
+            _step_axis(ax)
+            ax.set_ylabel("forced accuracy / unforced share")
+    _legend(fig, [Line2D([], [], color=_color(lab), lw=1.6, label=lab) for lab in _ordered(seen)]
+            + [Line2D([], [], color="black", lw=1.6, label="forced accuracy"),
+               Line2D([], [], color="black", lw=1.6, ls="--", label="unforced share")])
+    return fig
+
+
 FIGURES = (  # (file stem, caption, function): the order of the page
     ("format_shares_eval", "Format share of greedy evaluation outputs per RL step, greedy pass@1 on top.",
      fig_format_shares_eval),
@@ -445,6 +480,11 @@ FIGURES = (  # (file stem, caption, function): the order of the page
     ("within_format", "Inside each format: length, docstrings, variables, lines of code, invented interpreter "
      "output, written equations (format_metrics.py defines them); rollouts and greedy evaluations.",
      fig_within_format),
+)
+# Figures of optional evaluations (eval.probe): on the page only when some run has their data.
+OPTIONAL_FIGURES = (
+    ("probe", "Forced-format probe: does RL improve the formats the model stops choosing, or only the winner?",
+     fig_probe),
 )
 
 
@@ -629,6 +669,8 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> Path:
     runs = [load_run(p, n) for p, n in zip(paths, _names(paths))]
     out_dir = Path(out_dir) if out_dir else (paths[0] if len(paths) == 1 else Path("report"))
     figures = [_embed(draw(runs), out_dir, stem, caption) for stem, caption, draw in FIGURES]
+    figures += [_embed(fig, out_dir, stem, caption) for stem, caption, draw in OPTIONAL_FIGURES
+                if (fig := draw(runs)) is not None]
     title = "echochamber report: " + ", ".join(r.name for r in runs)
     page = PAGE.format(title=html.escape(title), style=STYLE, cards="".join(_run_card(r) for r in runs),
                        table=_table(runs), figures="".join(figures), browser=_browser(runs))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
@@ -96,6 +96,27 @@ def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
     return device.type == "cuda" and rows * cfg.max_new_tokens >= COMPILE_MIN_WORK
 
 
+def banned_start_table(banned_starts: Sequence[Sequence[int]], vocab_size: int,
+                       device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{position t: (prefixes (K, t), last tokens (K,))} of the token sequences a response may not begin with."""
+    by_len: dict[int, list[list[int]]] = {}
+    for i, b in enumerate(banned_starts):
+        if len(b) == 0 or min(b) < 0 or max(b) >= vocab_size:
+            raise ValueError(f"banned_starts[{i}] must be a non-empty sequence of token ids in [0, {vocab_size})")
+        by_len.setdefault(len(b) - 1, []).append(list(b))
+    return {t: (torch.tensor([b[:-1] for b in bs], dtype=torch.long, device=device).view(len(bs), t),
+                torch.tensor([b[-1] for b in bs], dtype=torch.long, device=device)) for t, bs in by_len.items()}
+
+
+def mask_banned(logits: torch.Tensor, so_far: torch.Tensor, prefixes: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """-inf at logits[r, last[k]] for every row r whose tokens so far (B, t) equal prefixes[k] (K, t): the token
+    that would complete a banned start. On the device, without a host sync (index_add_ counts the hits)."""
+    match = (so_far[None] == prefixes[:, None]).all(dim=-1)  # (K, B); t = 0: all True
+    hits = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)  # (B, V)
+    hits.index_add_(1, last, match.T.float())
+    return logits.masked_fill(hits > 0, float("-inf"))
+
+
 def _check(model: OLMo, prompts: list[list[int]], cfg: SampleConfig) -> None:
     if (cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.n < 1 or cfg.max_new_tokens < 0
             or cfg.compile not in ("auto", "on", "off")):
@@ -113,13 +134,17 @@ def _check(model: OLMo, prompts: list[list[int]], cfg: SampleConfig) -> None:
 
 @torch.inference_mode()
 def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id: int, seed: int,
-             progress: bool = False) -> list[Generation]:
+             progress: bool = False, banned_starts: Sequence[Sequence[int]] = ()) -> list[Generation]:
     """Sample cfg.n continuations of every prompt; result i * n + j is sample j of prompt i.
 
     Sampling stops at `eos_id` (kept as the last token, finished=True), after cfg.max_new_tokens tokens, or at
-    the model's context length (finished=False). The same seed, model and inputs give the same samples."""
+    the model's context length (finished=False). The same seed, model and inputs give the same samples.
+    banned_starts: token sequences no continuation may begin with; the last token of each is masked (-inf) in
+    rows whose first tokens are the rest of it (probe.py forces a format by banning the others' openings).
+    The logprobs are then those of the masked distribution, the one actually sampled."""
     model = getattr(model, "module", model)  # a DistributedDataParallel wrapper samples with its module
     _check(model, prompts, cfg)
+    bans = banned_start_table(banned_starts, model.config.vocab_size, model.wte.weight.device)
     n, N = cfg.n, len(prompts) * cfg.n
     if N == 0 or cfg.max_new_tokens == 0:
         return [Generation(i // n, [], [], False) for i in range(N)]
@@ -166,6 +191,8 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
         row_limit = limit  # per batch position
         stopped = torch.zeros(N, dtype=torch.bool, device=device)  # per batch position
         for t in range(cfg.max_new_tokens):
+            if t in bans:  # banned starts: only the first few positions, each row by its own tokens so far
+                logits = mask_banned(logits, out_tok[rows, :t], *bans[t])
             tok, lp = next_tokens(logits, cfg.temperature, cfg.top_p, gen)
             out_tok[rows, t] = tok  # entries after a row's stop are written but never read
             out_lp[rows, t] = lp
