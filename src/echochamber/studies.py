@@ -69,11 +69,16 @@ def _top_share(per_label: dict[str, np.ndarray]) -> np.ndarray:
     return np.nanmax(np.array(named), axis=0) if named else np.array([])
 
 
-def _top_series(dataset: str) -> Callable[[Run], tuple]:
-    """The leading format's share of greedy outputs per evaluation, with greedy pass@1 as the accuracy line."""
+def _winner_series(dataset: str) -> Callable[[Run], tuple]:
+    """The share of greedy outputs in the format that wins the run (its largest share at the last evaluation)
+    per evaluation, with greedy pass@1 as the accuracy line: the winner's rise is the collapse."""
     def get(run: Run):
         steps, per_label, acc = _eval_series(dataset, "format_share")(run)
-        return steps, {"top": _top_share(per_label) if per_label else steps * np.nan}, acc
+        named = {lab: v for lab, v in per_label.items() if lab != "unknown"}
+        if not named:
+            return steps, {"winner": steps * np.nan}, acc
+        winner = max(named, key=lambda lab: np.nan_to_num(named[lab][-1]))
+        return steps, {"winner": named[winner]}, acc
     return get
 
 
@@ -85,13 +90,13 @@ def fig_algorithms(groups: list[Group], dataset: str) -> Figure | None:
     fig, axes = _grid(1, 2, f"{dataset}: the algorithms on one budget of samples (mean over seeds; band min-max)")
     for i, (name, values, runs) in enumerate(groups):
         color = f"C{i % 10}"
-        steps, top, acc = seed_band(runs, _top_series(dataset))
+        steps, winner, acc = seed_band(runs, _winner_series(dataset))
         x = steps * _samples_per_step(runs[0])
-        for ax, (mean, lo, hi) in zip(axes[0], (acc, top["top"])):
+        for ax, (mean, lo, hi) in zip(axes[0], (acc, winner["winner"])):
             ax.plot(x, mean, color=color, marker="o", ms=3, lw=1.8, label=name)
             if len(runs) > 1:
                 ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
-    for ax, title in zip(axes[0], ("greedy pass@1", "share of the leading format (greedy outputs)")):
+    for ax, title in zip(axes[0], ("greedy pass@1", "share of the winning format (greedy outputs)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("samples drawn in RL")
         ax.set_ylim(0, 1.02)
@@ -215,12 +220,12 @@ def fig_transfer(groups: list[Group], dataset: str) -> Figure | None:
         return None
     fig, axes = _grid(1, 2, "Transfer: RL on the train split, greedy pass@1 on splits it never saw")
     for i, ds in enumerate(datasets):
-        steps, top, acc = seed_band(runs, _top_series(ds))
-        for ax, (mean, lo, hi) in zip(axes[0], (acc, top["top"])):
+        steps, winner, acc = seed_band(runs, _winner_series(ds))
+        for ax, (mean, lo, hi) in zip(axes[0], (acc, winner["winner"])):
             ax.plot(steps, mean, color=f"C{i}", marker="o", ms=3, lw=1.8, label=ds)
             if len(runs) > 1:
                 ax.fill_between(steps, lo, hi, color=f"C{i}", alpha=0.18, lw=0)
-    for ax, title in zip(axes[0], ("greedy pass@1", "share of the leading format (greedy outputs)")):
+    for ax, title in zip(axes[0], ("greedy pass@1", "share of the winning format (greedy outputs)")):
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.02)
         _step_axis(ax)
