@@ -82,7 +82,8 @@ def cmd_sample(args) -> None:
     scfg = SampleConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=args.temperature,
                         top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1, dtype=cfg.eval.sample_dtype)
     texts = [t[0] for t in generate_texts(model, tok, [p.question for p in problems], scfg, cfg.seed,
-                                          cfg.eval.batch_prompts, "sample", add_bos=cfg.eval.add_bos)]
+                                          cfg.eval.batch_prompts, "sample", add_bos=cfg.eval.add_bos,
+                                          interpreter=args.interpreter or cfg.eval.interpreter)]
     graded = formats.grade_many(texts, [p.answer for p in problems], mode=cfg.eval.mode)
     for p, t, g in list(zip(problems, texts, graded))[: args.show]:
         print(f"--- {p.id}  label={g.label} answer={g.answer} gold={p.answer} correct={g.correct}")
@@ -239,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="problems (default 64)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--show", type=int, default=6, help="generations to print (default 6)")
+    p.add_argument("--interpreter", action="store_true",
+                   help="run each <llm-code> block in the sandbox as it closes and write its real output, as "
+                        "OpenMathInstruct-1 was generated (same as eval.interpreter=true)")
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("eval", help="pass@1, pass@k, maj@k and format shares of a model")

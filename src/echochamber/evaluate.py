@@ -23,6 +23,7 @@ from . import probe as forced
 from .checks import check
 from .format_metrics import within_format
 from .formats import LABELS
+from .interpreter import generate_with_interpreter
 from .model import OLMo
 from .runio import atomic_write_json, write_jsonl
 from .sampler import SampleConfig, generate
@@ -48,6 +49,8 @@ class EvalConfig:
     model: str | None = None  # model folder for `echochamber eval` (default OUT_DIR/pretrain/model)
     probe: bool = False  # also answer every problem forced into each format (probe.py; 3 more greedy passes),
     # stored as datasets[NAME]["probe"] in step_N.json: each format's forced accuracy over RL steps
+    interpreter: bool = False  # run each <llm-code> block in the sandbox as it closes and write its real output
+    # for the model to go on from (interpreter.py; OpenMathInstruct-1's own inference). Paper: off
 
     def __post_init__(self):
         check(self, at_least_1=("max_new_tokens", "batch_prompts"),
@@ -113,15 +116,20 @@ def load_dataset(spec: str, n: int, cfg, data_path: str | None) -> list[Problem]
 
 
 def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: SampleConfig, seed: int,
-                   batch_prompts: int, desc: str, progress: bool = True, add_bos: bool = False) -> list[list[str]]:
-    """Generate n responses per question in chunks of batch_prompts; returns texts[question][sample]."""
+                   batch_prompts: int, desc: str, progress: bool = True, add_bos: bool = False,
+                   interpreter: bool = False, pool=None) -> list[list[str]]:
+    """Generate n responses per question in chunks of batch_prompts; returns texts[question][sample].
+    interpreter: with the sandbox (`pool`, None = the shared one) in the loop (interpreter.py)."""
     from tqdm import tqdm
 
     out: list[list[str]] = []
     chunks = range(0, len(questions), batch_prompts)
     for ci, start in enumerate(tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)):
         prompts = tok.encode_batch(questions[start:start + batch_prompts], add_bos=add_bos)
-        gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed + ci)
+        if interpreter:
+            gens = generate_with_interpreter(model, tok, prompts, scfg, seed=seed + ci, pool=pool)
+        else:
+            gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed + ci)
         texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
         out.extend(texts[i * scfg.n:(i + 1) * scfg.n] for i in range(len(prompts)))
     return out
@@ -139,7 +147,7 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
     questions, golds = [p.question for p in mine], [p.answer for p in mine]
     greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype)
     greedy = [t[0] for t in generate_texts(model, tok, questions, greedy_cfg, seed, ecfg.batch_prompts,
-                                           f"eval {name} greedy", progress, ecfg.add_bos)]
+                                           f"eval {name} greedy", progress, ecfg.add_bos, ecfg.interpreter, pool)]
     graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool)
     # tokens: the response re-encoded (no EOS), the length format_metrics averages per format.
     lengths = [len(ids) for ids in tok.encode_batch(greedy)]
@@ -158,7 +166,8 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
         sample_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
                                   top_p=ecfg.top_p, n=n, dtype=ecfg.sample_dtype)
         samples = generate_texts(model, tok, questions, sample_cfg, seed + 10_000 + ctx.rank,
-                                 max(1, 8 * ecfg.batch_prompts // n), f"eval {name} x{n}", progress, ecfg.add_bos)
+                                 max(1, 8 * ecfg.batch_prompts // n), f"eval {name} x{n}", progress, ecfg.add_bos,
+                                 ecfg.interpreter, pool)
         flat = [s for group in samples for s in group]
         sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool)
         srows = [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer, "gold": p.answer,

@@ -386,6 +386,14 @@ def real_output(res: CodeResult) -> str:
 
 
 _OUTPUT_CUT = "<output cut>"  # NeMo-Skills' interpreter kept the first 1000 characters and appended this
+
+
+def interpreter_output(res: CodeResult) -> str:
+    """What an interpreter in the loop shows the model after a code block (interpreter.py): the real output,
+    cut after OUTPUT_RECORD_CHARS characters with "<output cut>" appended, as NeMo-Skills' interpreter wrote
+    OpenMathInstruct-1 (`outputs_agree` counts such an output as genuine)."""
+    shown = real_output(res)
+    return shown if len(shown) <= OUTPUT_RECORD_CHARS else shown[:OUTPUT_RECORD_CHARS] + _OUTPUT_CUT
 _OUTPUT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _NUMPY_SCALAR = re.compile(r"np\.(?:float|int|uint|complex)\d*\(([^()]*)\)")  # numpy 2's repr in containers
 

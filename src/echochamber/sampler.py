@@ -15,6 +15,8 @@ How it stays fast (a decode step at these widths costs in per-operation overhead
   * for big calls the decode step runs through torch.compile (dynamic shapes, eager fallback; see
     model.compiled_decode_step and SampleConfig.compile);
   * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass;
+  * optional stop sequences (token ids; the interpreter's "</llm-code>", see interpreter.py) are compared on the
+    device with each row's last generated tokens, so they cost no extra synchronisation;
   * bf16 autocast is optional (SampleConfig.dtype).
 """
 
@@ -51,6 +53,9 @@ class Generation:
     tokens: list[int]  # generated tokens, ending with the EOS when finished
     logprobs: list[float]  # log p(token | prefix) at temperature 1, fp32, one per token
     finished: bool  # True when it stopped at EOS, False when it hit max_new_tokens or the context length
+    # Why it stopped: "eos" (finished), "stop_sequence" (its tokens end with one of generate's stop_sequences,
+    # kept), "length" (max_new_tokens or the context length).
+    stop: Literal["eos", "stop_sequence", "length"] = "length"
 
 
 # Drop stopped rows from the batch once this fraction of it has stopped (each drop moves the kept rows' cache).
@@ -134,16 +139,22 @@ def _check(model: OLMo, prompts: list[list[int]], cfg: SampleConfig) -> None:
 
 @torch.inference_mode()
 def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id: int, seed: int,
-             progress: bool = False, banned_starts: Sequence[Sequence[int]] = ()) -> list[Generation]:
+             progress: bool = False, banned_starts: Sequence[Sequence[int]] = (),
+             stop_sequences: Sequence[Sequence[int]] = ()) -> list[Generation]:
     """Sample cfg.n continuations of every prompt; result i * n + j is sample j of prompt i.
 
     Sampling stops at `eos_id` (kept as the last token, finished=True), after cfg.max_new_tokens tokens, or at
     the model's context length (finished=False). The same seed, model and inputs give the same samples.
     banned_starts: token sequences no continuation may begin with; the last token of each is masked (-inf) in
     rows whose first tokens are the rest of it (probe.py forces a format by banning the others' openings).
-    The logprobs are then those of the masked distribution, the one actually sampled."""
+    The logprobs are then those of the masked distribution, the one actually sampled.
+    stop_sequences: a row also stops once its generated tokens end with one of these token-id sequences (kept;
+    stop="stop_sequence"); rows that never meet one sample exactly what they would without them, as long as
+    no row of the call stops at one (a row that stops early changes which rows share the later random draws)."""
     model = getattr(model, "module", model)  # a DistributedDataParallel wrapper samples with its module
     _check(model, prompts, cfg)
+    if any(len(s) == 0 for s in stop_sequences):
+        raise ValueError("generate: a stop sequence must hold at least one token id")
     bans = banned_start_table(banned_starts, model.config.vocab_size, model.wte.weight.device)
     n, N = cfg.n, len(prompts) * cfg.n
     if N == 0 or cfg.max_new_tokens == 0:
@@ -171,6 +182,7 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
 
     out_tok = torch.full((N, cfg.max_new_tokens), -1, dtype=torch.long, device=device)
     out_lp = torch.zeros((N, cfg.max_new_tokens), dtype=torch.float32, device=device)
+    stops = [torch.tensor(list(s), dtype=torch.long, device=device) for s in stop_sequences]
 
     from tqdm import tqdm
 
@@ -197,6 +209,9 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
             out_tok[rows, t] = tok  # entries after a row's stop are written but never read
             out_lp[rows, t] = lp
             stopped |= (tok == eos_id) | (row_limit == t + 1)
+            for seq in stops:  # do the row's last len(seq) generated tokens spell it?
+                if t + 1 >= len(seq):
+                    stopped |= (out_tok[rows, t + 1 - len(seq):t + 1] == seq).all(dim=1)
             if t + 1 == capacity:
                 break
             if (t + 1) % CHECK_EVERY == 0:  # the host looks at the batch (a device sync) every few tokens only
@@ -217,10 +232,22 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     bar.update(bar.total - bar.n)
     bar.close()
 
-    # Each row's tokens end at its first EOS (finished) or at its limit; later entries are never used.
-    is_eos = (out_tok == eos_id) & (torch.arange(cfg.max_new_tokens, device=device) < limit[:, None])
-    finished = is_eos.any(dim=1)
-    n_gen = torch.where(finished, is_eos.int().argmax(dim=1) + 1, limit)
+    # Each row's tokens end at its first EOS (finished) or completed stop sequence, else at its limit; later
+    # entries are never used.
+    in_limit = torch.arange(cfg.max_new_tokens, device=device) < limit[:, None]  # (N, T)
+    is_eos = (out_tok == eos_id) & in_limit
+    ends_seq = torch.zeros_like(is_eos)  # (N, T): a stop sequence's last token is here
+    for seq in stops:
+        k = len(seq)
+        if k <= cfg.max_new_tokens:
+            ends_seq[:, k - 1:] |= (out_tok.unfold(1, k, 1) == seq).all(dim=-1)  # windows ending at k-1 .. T-1
+    ends_seq &= in_limit
+    ends = is_eos | ends_seq
+    stopped_early = ends.any(dim=1)
+    first = ends.int().argmax(dim=1)
+    n_gen = torch.where(stopped_early, first + 1, limit)
+    at_eos = stopped_early & is_eos.gather(1, first[:, None])[:, 0]  # EOS wins over a sequence ending on it
     tok_list, lp_list, n_list = out_tok.tolist(), out_lp.tolist(), n_gen.tolist()
-    fin = finished.tolist()
-    return [Generation(r // n, tok_list[r][:n_list[r]], lp_list[r][:n_list[r]], fin[r]) for r in range(N)]
+    fin, early = at_eos.tolist(), stopped_early.tolist()
+    return [Generation(r // n, tok_list[r][:n_list[r]], lp_list[r][:n_list[r]], fin[r],
+                       "eos" if fin[r] else "stop_sequence" if early[r] else "length") for r in range(N)]

@@ -50,6 +50,9 @@ class RLConfig:
     loss_agg: Literal["token", "sequence", "constant"] = "token"  # per-token mean (OpenRLHF), per-sequence mean
     # (GRPO paper) or per-sequence sum / max_new_tokens (Dr. GRPO, which sets it itself)
     mode: Literal["paper", "structure"] = "structure"  # format labelling for rewards (see formats.py)
+    interpreter: bool = False  # rollouts with the sandbox in the loop: each closed <llm-code> block runs and its real
+    # output is written for the policy to go on from (interpreter.py); those tokens get no loss, KL or advantage.
+    # Paper: off (its policy invented its outputs)
     reward_sees_prompt: bool = True  # the paper hands the reward function prompt + response
     autocast: Literal["bfloat16", "float32"] = "bfloat16"  # update and log-prob precision
     sample_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # rollout generation precision (bf16 ~2x faster on CPU)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import formats
+from ..interpreter import generate_with_interpreter
 from ..model import OLMo
 from ..rewards import reward
 from ..sampler import SampleConfig, generate
@@ -33,11 +34,15 @@ class Rollout:
     graded: list  # (P*G,) formats.Graded
     rewards: torch.Tensor  # (P*G,)
     group_size: int
-    token: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # name -> (P*G,) tensors of (T_i,)
+    token: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # name -> (P*G,) tensors of (T_i,), T_i =
+    # the sample's target tokens (Batch.mask): its response tokens, less interpreter output
     offset: int = 0  # under torchrun: the global index of this process's first sample (its share of the step)
     n_global: int = 0  # samples of the step over all processes (0 = len(self): one process)
     seconds_generate: float = 0.0
     seconds_grade: float = 0.0
+    # rl.interpreter: (P*G,) per response token, did the policy write it (False: the interpreter's output, which
+    # is no target: make_batch masks it out). None: every response token is the policy's.
+    written: list[list[bool]] | None = None
 
     def __len__(self) -> int:
         return len(self.response_tokens)
@@ -48,17 +53,21 @@ class Rollout:
 
 def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleConfig, *, seed: int, mode: str,
             reward_sees_prompt: bool, pool=None, chunk_prompts: int = 0, first_chunk: int = 0,
-            device="cpu") -> Rollout:
+            device="cpu", interpreter: bool = False) -> Rollout:
     """Sample scfg.n responses per problem and grade them (code runs in the sandbox pool). Generation runs in
     calls of chunk_prompts prompts (0: as many as fit in 512 rows); call c is seeded with seed + 7919 * (first_chunk
-    + c), so a process sampling its share of a step draws what one process sampling the whole step draws."""
+    + c), so a process sampling its share of a step draws what one process sampling the whole step draws.
+    interpreter: code blocks run in the sandbox while sampling (interpreter.py; rl.interpreter)."""
     t0 = time.perf_counter()
     prompts = tok.encode_batch([p.question for p in problems])
     per_call = chunk_prompts or max(1, 512 // scfg.n)
     gens = []
     for c, start in enumerate(range(0, len(prompts), per_call)):
-        gens += generate(model, prompts[start:start + per_call], scfg, eos_id=tok.eos_id,
-                         seed=seed + 7919 * (first_chunk + c))
+        chunk, call_seed = prompts[start:start + per_call], seed + 7919 * (first_chunk + c)
+        if interpreter:
+            gens += generate_with_interpreter(model, tok, chunk, scfg, seed=call_seed, pool=pool)
+        else:
+            gens += generate(model, chunk, scfg, eos_id=tok.eos_id, seed=call_seed)
     t1 = time.perf_counter()
     G = scfg.n
     texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
@@ -71,14 +80,16 @@ def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleCo
     return Rollout(problems=problems, prompt_tokens=[prompts[i // G] for i in range(len(gens))],
                    response_tokens=[g.tokens for g in gens], texts=texts, finished=[g.finished for g in gens],
                    graded=graded, rewards=rewards, group_size=G,
-                   seconds_generate=t1 - t0, seconds_grade=t2 - t1)
+                   seconds_generate=t1 - t0, seconds_grade=t2 - t1,
+                   written=[g.written for g in gens] if interpreter else None)
 
 
 @dataclass
 class Batch:
     """A padded micro-batch. idx (B, L): prompt + response tokens, right-padded (every row keeps positions
     0..len-1, so the causal forward needs no attention mask). mask (B, L-1): 1 where target idx[b, t+1] is a
-    response token. fields: the rollout's per-token values laid out like mask, each (B, L-1)."""
+    response token the policy wrote (interpreter output is no target). fields: the rollout's per-token values laid
+    out like mask, each (B, L-1)."""
 
     indices: list[int]
     idx: torch.Tensor
@@ -103,6 +114,9 @@ def make_batch(roll: Rollout, indices: list[int], pad_id: int, fields=(), device
     ends = starts + torch.tensor([len(roll.response_tokens[i]) for i in indices], device=device)
     pos = torch.arange(L - 1, device=device)
     mask = ((pos >= starts[:, None]) & (pos < ends[:, None])).float()  # (B, L-1)
+    if roll.written is not None:  # interpreter output: no loss, no KL, no advantage, no value target
+        rows = [[0.0] * (len(roll.prompt_tokens[i]) - 1) + [float(w) for w in roll.written[i]] for i in indices]
+        mask = mask * torch.tensor([r + [0.0] * (L - 1 - len(r)) for r in rows], device=device)
     laid_out = {}
     for name in fields:
         out = torch.zeros_like(mask)

@@ -235,7 +235,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
         model.eval()
         roll = ro.collect(model, tok, batch, scfg, seed=rcfg.seed * 100_003 + step, mode=rcfg.mode,
                           reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool, chunk_prompts=chunk,
-                          first_chunk=first_chunk, device=device)
+                          first_chunk=first_chunk, device=device, interpreter=rcfg.interpreter)
         roll.offset, roll.n_global = mine[0] * scfg.n, per_step * scfg.n
         t1 = time.perf_counter()
         model.train()
