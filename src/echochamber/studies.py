@@ -269,7 +269,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("interpreter", "Does the echo chamber change when a real interpreter writes <llm-code-output> during "
           "generation (OpenMathInstruct-1's own inference) instead of the model? (3 seeds, without vs with)",
           "The paper's RL ran without an interpreter: the model wrote its own code output.",
-          "quickstart", ("rl.interpreter+eval.interpreter=false,true", "seed=0,1,2"), (), fig_collapse),
+          "quickstart", ("seed=0,1,2", "rl.interpreter+eval.interpreter=false,true"), (), fig_collapse),
     Study("scale", "Which format wins at each model size, on a world where a larger model can master text "
           "arithmetic (small numbers) and the code formats' data always write x as +?",
           "On the same mixture 150M models go to TinyGSM code, 1B models to natural language.",
