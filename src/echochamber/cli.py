@@ -70,7 +70,8 @@ def cmd_pretrain(args) -> None:
 
 def cmd_sample(args) -> None:
     from . import formats
-    from .evaluate import generate_texts, load_dataset, load_policy
+    from .evaluate import load_dataset, load_policy
+    from .interpreter import generate_texts
     from .rewards import format_summary_table
     from .sampler import SampleConfig
 

@@ -23,10 +23,10 @@ from . import probe as forced
 from .checks import check
 from .format_metrics import within_format
 from .formats import LABELS
-from .interpreter import generate_with_interpreter
+from .interpreter import generate_texts
 from .model import OLMo
 from .runio import atomic_write_json, write_jsonl
-from .sampler import SampleConfig, generate
+from .sampler import SampleConfig
 from .tasks import Problem, load_problems
 from .tokenizer import Tokenizer
 
@@ -113,26 +113,6 @@ def load_dataset(spec: str, n: int, cfg, data_path: str | None) -> list[Problem]
     elif data_path:
         kwargs["data_dir"] = data_path
     return load_problems(source, split or "test", n=n or None, **kwargs)
-
-
-def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: SampleConfig, seed: int,
-                   batch_prompts: int, desc: str, progress: bool = True, add_bos: bool = False,
-                   interpreter: bool = False, pool=None) -> list[list[str]]:
-    """Generate n responses per question in chunks of batch_prompts; returns texts[question][sample].
-    interpreter: with the sandbox (`pool`, None = the shared one) in the loop (interpreter.py)."""
-    from tqdm import tqdm
-
-    out: list[list[str]] = []
-    chunks = range(0, len(questions), batch_prompts)
-    for ci, start in enumerate(tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)):
-        prompts = tok.encode_batch(questions[start:start + batch_prompts], add_bos=add_bos)
-        if interpreter:
-            gens = generate_with_interpreter(model, tok, prompts, scfg, seed=seed + ci, pool=pool)
-        else:
-            gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed + ci)
-        texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
-        out.extend(texts[i * scfg.n:(i + 1) * scfg.n] for i in range(len(prompts)))
-    return out
 
 
 def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg: EvalConfig, *, seed: int,

@@ -181,3 +181,27 @@ def generate_with_interpreter(model: OLMo, tok: Tokenizer, prompts: list[list[in
                             seed=seed + ROUND_SEED * k, progress=progress, stop_sequences=stops)
     return [InterpretedGeneration(r // n, row.tokens, row.logprobs, row.finished, row.stop, row.written, row.blocks)
             for r, row in enumerate(rows)]
+
+
+def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: SampleConfig, seed: int,
+                   batch_prompts: int, desc: str, progress: bool = True, add_bos: bool = False,
+                   interpreter: bool = False, pool=None, banned_starts=()) -> list[list[str]]:
+    """Generate n responses per question (any prompt text) in chunks of batch_prompts; returns
+    texts[question][sample], without the EOS. Chunk c is seeded with seed + c. interpreter: with the sandbox
+    (`pool`, None = the shared one) in the loop; banned_starts: sampler.generate's (the probe's text forcing).
+    The one text-level generation loop of evaluation, `sample` and the probe."""
+    from tqdm import tqdm
+
+    out: list[list[str]] = []
+    chunks = range(0, len(questions), batch_prompts)
+    for ci, start in enumerate(tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)):
+        prompts = tok.encode_batch(questions[start:start + batch_prompts], add_bos=add_bos)
+        if interpreter:
+            if banned_starts:
+                raise ValueError("generate_texts: banned_starts with the interpreter in the loop is not supported")
+            gens = generate_with_interpreter(model, tok, prompts, scfg, seed=seed + ci, pool=pool)
+        else:
+            gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed + ci, banned_starts=banned_starts)
+        texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
+        out.extend(texts[i * scfg.n:(i + 1) * scfg.n] for i in range(len(prompts)))
+    return out

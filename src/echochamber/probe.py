@@ -33,7 +33,8 @@ from . import formats
 from .formats import FORMATS, OMI1_INTRO
 from .model import OLMo
 from .runio import write_jsonl
-from .sampler import SampleConfig, generate
+from .interpreter import generate_texts
+from .sampler import SampleConfig
 from .tasks import Problem
 from .tokenizer import Tokenizer
 
@@ -92,18 +93,10 @@ def forced_responses(model: OLMo, tok: Tokenizer, questions: list[str], fmt: str
                      batch_prompts: int, add_bos: bool, seed: int, progress: bool = True) -> list[str]:
     """One response per question forced into `fmt`, in batches of batch_prompts; each response is what the
     model saw after the question ("\\n\\n" + opening + its continuation, or the text continuation)."""
-    from tqdm import tqdm
-
-    banned = banned_starts(tok, fmt)
     lead = SEPARATOR + OPENINGS[fmt] if fmt in OPENINGS else ""
-    prompts = tok.encode_batch(forced_prompts(questions, fmt), add_bos=add_bos)
-    out: list[str] = []
-    for ci, start in enumerate(tqdm(range(0, len(prompts), batch_prompts), desc=f"probe {fmt}", unit="batch",
-                                    disable=not progress, dynamic_ncols=True)):
-        gens = generate(model, prompts[start:start + batch_prompts], scfg, eos_id=tok.eos_id, seed=seed + ci,
-                        banned_starts=banned)
-        out += [lead + t for t in tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])]
-    return out
+    texts = generate_texts(model, tok, forced_prompts(questions, fmt), scfg, seed, batch_prompts, f"probe {fmt}",
+                           progress, add_bos, banned_starts=banned_starts(tok, fmt))
+    return [lead + t[0] for t in texts]
 
 
 def probe_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg, *, seed: int, unforced: dict,
