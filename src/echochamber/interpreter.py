@@ -183,12 +183,22 @@ def generate_with_interpreter(model: OLMo, tok: Tokenizer, prompts: list[list[in
             for r, row in enumerate(rows)]
 
 
+def sample(model: OLMo, tok: Tokenizer, prompts: list[list[int]], cfg: SampleConfig, *, seed: int,
+           interpreter: bool = False, pool: SandboxPool | None = None, banned_starts=()) -> list[Generation]:
+    """sampler.generate, or with the interpreter in the loop (generate_with_interpreter): the one switch between
+    the two for RL rollouts and evaluation. banned_starts (the probe's text forcing) is for the plain sampler."""
+    if not interpreter:
+        return generate(model, prompts, cfg, eos_id=tok.eos_id, seed=seed, banned_starts=banned_starts)
+    if banned_starts:
+        raise ValueError("banned_starts with the interpreter in the loop is not supported")
+    return generate_with_interpreter(model, tok, prompts, cfg, seed=seed, pool=pool)
+
+
 def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: SampleConfig, seed: int,
                    batch_prompts: int, desc: str, progress: bool = True, add_bos: bool = False,
                    interpreter: bool = False, pool=None, banned_starts=()) -> list[list[str]]:
     """Generate n responses per question (any prompt text) in chunks of batch_prompts; returns
-    texts[question][sample], without the EOS. Chunk c is seeded with seed + c. interpreter: with the sandbox
-    (`pool`, None = the shared one) in the loop; banned_starts: sampler.generate's (the probe's text forcing).
+    texts[question][sample], without the EOS. Chunk c is seeded with seed + c; `sample` does each chunk.
     The one text-level generation loop of evaluation, `sample` and the probe."""
     from tqdm import tqdm
 
@@ -196,12 +206,8 @@ def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: Samp
     chunks = range(0, len(questions), batch_prompts)
     for ci, start in enumerate(tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)):
         prompts = tok.encode_batch(questions[start:start + batch_prompts], add_bos=add_bos)
-        if interpreter:
-            if banned_starts:
-                raise ValueError("generate_texts: banned_starts with the interpreter in the loop is not supported")
-            gens = generate_with_interpreter(model, tok, prompts, scfg, seed=seed + ci, pool=pool)
-        else:
-            gens = generate(model, prompts, scfg, eos_id=tok.eos_id, seed=seed + ci, banned_starts=banned_starts)
+        gens = sample(model, tok, prompts, scfg, seed=seed + ci, interpreter=interpreter, pool=pool,
+                      banned_starts=banned_starts)
         texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
         out.extend(texts[i * scfg.n:(i + 1) * scfg.n] for i in range(len(prompts)))
     return out

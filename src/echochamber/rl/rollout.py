@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import formats
-from ..interpreter import generate_with_interpreter
+from ..interpreter import sample
 from ..model import OLMo
 from ..rewards import reward
-from ..sampler import SampleConfig, generate
+from ..sampler import SampleConfig
 from ..tasks import Problem
 from ..tokenizer import Tokenizer
 
@@ -63,11 +63,8 @@ def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleCo
     per_call = chunk_prompts or max(1, 512 // scfg.n)
     gens = []
     for c, start in enumerate(range(0, len(prompts), per_call)):
-        chunk, call_seed = prompts[start:start + per_call], seed + 7919 * (first_chunk + c)
-        if interpreter:
-            gens += generate_with_interpreter(model, tok, chunk, scfg, seed=call_seed, pool=pool)
-        else:
-            gens += generate(model, chunk, scfg, eos_id=tok.eos_id, seed=call_seed)
+        gens += sample(model, tok, prompts[start:start + per_call], scfg, seed=seed + 7919 * (first_chunk + c),
+                       interpreter=interpreter, pool=pool)
     t1 = time.perf_counter()
     G = scfg.n
     texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
