@@ -39,12 +39,37 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .report import (Run, _color, _embed, _eval_series, _grid, _legend, _missing, _ordered, _step_axis,
+from .report import (Run, _color, _embed, _eval_series, _grid, _legend, _ordered, _step_axis,
                      _union, fig_sweep_format_shares, load_run, seed_band, write_sweep_report)
 from .runio import atomic_write_json, git_commit
 from .sweep import group_over_seeds, is_seed_key, run_sweep
 
 Group = tuple[str, dict, list[Run]]  # (name, the group's non-seed grid values, its runs)
+
+
+def winner(shares: dict) -> str | None:
+    """The format with the largest share (unknown is no format): what a run collapses onto."""
+    return max((lab for lab in shares if lab != "unknown"), key=lambda lab: shares[lab], default=None)
+
+
+def first_last(runs: list[Run], dataset: str) -> tuple[list[dict], list[dict]]:
+    """Each run's first and last evaluation of `dataset` (runs never evaluated on it are left out)."""
+    recs = [[e["datasets"][dataset] for e in r.evals if dataset in e.get("datasets", {})] for r in runs]
+    return [rs[0] for rs in recs if rs], [rs[-1] for rs in recs if rs]
+
+
+def mean_shares(recs: list[dict]) -> dict[str, float]:
+    """Mean over evaluation records of their greedy format shares."""
+    return {lab: float(np.mean([d["format_share"].get(lab, 0.0) for d in recs]))
+            for lab in _union(d["format_share"] for d in recs)}
+
+
+def _band(ax, x, band, color: str, spread: bool, **kw) -> None:
+    """A mean line and, over several runs, its min-max band."""
+    mean, lo, hi = band
+    ax.plot(x, mean, color=color, marker="o", ms=3, lw=1.8, **kw)
+    if spread:
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
 
 
 # ------------------------------------------------------------------------------------------------- figures
@@ -74,11 +99,8 @@ def _winner_series(dataset: str) -> Callable[[Run], tuple]:
     per evaluation, with greedy pass@1 as the accuracy line: the winner's rise is the collapse."""
     def get(run: Run):
         steps, per_label, acc = _eval_series(dataset, "format_share")(run)
-        named = {lab: v for lab, v in per_label.items() if lab != "unknown"}
-        if not named:
-            return steps, {"winner": steps * np.nan}, acc
-        winner = max(named, key=lambda lab: np.nan_to_num(named[lab][-1]))
-        return steps, {"winner": named[winner]}, acc
+        won = winner({lab: float(np.nan_to_num(v[-1])) for lab, v in per_label.items()})
+        return steps, {"winner": per_label[won] if won else steps * np.nan}, acc
     return get
 
 
@@ -90,12 +112,10 @@ def fig_algorithms(groups: list[Group], dataset: str) -> Figure | None:
     fig, axes = _grid(1, 2, f"{dataset}: the algorithms on one budget of samples (mean over seeds; band min-max)")
     for i, (name, values, runs) in enumerate(groups):
         color = f"C{i % 10}"
-        steps, winner, acc = seed_band(runs, _winner_series(dataset))
+        steps, won, acc = seed_band(runs, _winner_series(dataset))
         x = steps * _samples_per_step(runs[0])
-        for ax, (mean, lo, hi) in zip(axes[0], (acc, winner["winner"])):
-            ax.plot(x, mean, color=color, marker="o", ms=3, lw=1.8, label=name)
-            if len(runs) > 1:
-                ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+        for ax, band in zip(axes[0], (acc, won["winner"])):
+            _band(ax, x, band, color, len(runs) > 1, label=name)
     for ax, title in zip(axes[0], ("greedy pass@1", "share of the winning format (greedy outputs)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("samples drawn in RL")
@@ -132,10 +152,8 @@ def fig_kl(groups: list[Group], dataset: str) -> Figure | None:
         row = algos.index(str(values.get("rl.algo", "")))
         color = f"C{coefs.index(str(values.get('rl.kl_coef', ''))) % 10}"
         steps, minority, passk = seed_band(runs, _minority_series(dataset))
-        for ax, (mean, lo, hi) in zip(axes[row], (minority["minority"], passk)):
-            ax.plot(steps, mean, color=color, marker="o", ms=3, lw=1.8)
-            if len(runs) > 1:
-                ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
+        for ax, band in zip(axes[row], (minority["minority"], passk)):
+            _band(ax, steps, band, color, len(runs) > 1)
     k = list(dict.fromkeys(str(e["datasets"][dataset].get("k", 1)) for _, _, runs in groups for r in runs
                            for e in r.evals if dataset in e.get("datasets", {})))
     for row, algo in enumerate(algos):
@@ -155,13 +173,6 @@ def _stacked_bars(ax, x: float, shares: dict[str, float], width: float = 0.35) -
         bottom += shares[lab]
 
 
-def _mean_shares(runs: list[Run], dataset: str, which: int) -> dict[str, float]:
-    """Mean over runs of the greedy format shares at the first (which=0) or last (which=-1) evaluation."""
-    recs = [[e["datasets"][dataset] for e in r.evals if dataset in e.get("datasets", {})] for r in runs]
-    recs = [rs[which]["format_share"] for rs in recs if rs]
-    return {lab: float(np.mean([s.get(lab, 0.0) for s in recs])) for lab in _union(recs)}
-
-
 def _before_after_bars(groups: list[Group], dataset: str, title: str, xlabels: list[str]) -> Figure | None:
     """One pair of stacked bars per group: greedy format shares before RL and after, pass@1 marked on each."""
     groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
@@ -171,12 +182,11 @@ def _before_after_bars(groups: list[Group], dataset: str, title: str, xlabels: l
     ax = axes[0, 0]
     seen: set[str] = set()
     for i, (_, _, runs) in enumerate(groups):
-        for j, which in enumerate((0, -1)):
-            shares = _mean_shares(runs, dataset, which)
+        for j, recs in enumerate(first_last(runs, dataset)):
+            shares = mean_shares(recs)
             seen.update(shares)
             _stacked_bars(ax, i + (j - 0.5) * 0.4, shares)
-            accs = [[e["datasets"][dataset]["pass@1"] for e in r.evals if dataset in e.get("datasets", {})] for r in runs]
-            acc = float(np.mean([a[which] for a in accs if a]))
+            acc = float(np.mean([d["pass@1"] for d in recs]))
             ax.plot(i + (j - 0.5) * 0.4, acc, marker="D", color="black", ms=6)
             ax.text(i + (j - 0.5) * 0.4, 1.03, ("before" if j == 0 else "after") + f"\n{acc:.0%}", ha="center",
                     va="bottom", fontsize=8)
@@ -220,11 +230,9 @@ def fig_transfer(groups: list[Group], dataset: str) -> Figure | None:
         return None
     fig, axes = _grid(1, 2, "Transfer: RL on the train split, greedy pass@1 on splits it never saw")
     for i, ds in enumerate(datasets):
-        steps, winner, acc = seed_band(runs, _winner_series(ds))
-        for ax, (mean, lo, hi) in zip(axes[0], (acc, winner["winner"])):
-            ax.plot(steps, mean, color=f"C{i}", marker="o", ms=3, lw=1.8, label=ds)
-            if len(runs) > 1:
-                ax.fill_between(steps, lo, hi, color=f"C{i}", alpha=0.18, lw=0)
+        steps, won, acc = seed_band(runs, _winner_series(ds))
+        for ax, band in zip(axes[0], (acc, won["winner"])):
+            _band(ax, steps, band, f"C{i}", len(runs) > 1, label=ds)
     for ax, title in zip(axes[0], ("greedy pass@1", "share of the winning format (greedy outputs)")):
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.02)
@@ -291,14 +299,13 @@ COLLAPSED = 0.9  # a run has collapsed once one format holds this share of its g
 
 def collapse_timing(run: Run, dataset: str) -> dict:
     """When the run collapsed onto the format that wins it (the first evaluation step from which its final winner
-    holds >= COLLAPSED of greedy outputs at every later evaluation; None if it does not end so) and where its largest pass@1 gain between
-    consecutive evaluations ended: the paper's claim is that the two coincide."""
+    holds >= COLLAPSED of greedy outputs at every later evaluation; None if it does not end so) and where its
+    largest pass@1 gain between consecutive evaluations ended: the paper's claim is that the two coincide."""
     recs = [(e["step"], e["datasets"][dataset]) for e in run.evals if dataset in e.get("datasets", {})]
     if not recs:
         return {"collapse_step": None, "largest_gain_step": None}
-    final = recs[-1][1]["format_share"]
-    winner = max((lab for lab in final if lab != "unknown"), key=final.get, default=None)
-    held = [d["format_share"].get(winner, 0.0) >= COLLAPSED for _, d in recs]
+    won = winner(recs[-1][1]["format_share"])
+    held = [d["format_share"].get(won, 0.0) >= COLLAPSED for _, d in recs]
     collapse = next((s for i, (s, _) in enumerate(recs) if all(held[i:])), None)
     gains = [(b[1]["pass@1"] - a[1]["pass@1"], b[0]) for a, b in zip(recs, recs[1:])]
     return {"collapse_step": collapse, "largest_gain_step": max(gains)[1] if gains else None}
@@ -306,20 +313,14 @@ def collapse_timing(run: Run, dataset: str) -> dict:
 
 def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict:
     """One group's numbers on `dataset` at its first and last evaluation (mean and spread over its runs)."""
-    first = [r.evals[0]["datasets"][dataset] for r in runs if r.evals and dataset in r.evals[0].get("datasets", {})]
-    last = [r.evals[-1]["datasets"][dataset] for r in runs if r.evals and dataset in r.evals[-1].get("datasets", {})]
-    after = {lab: float(np.mean([d["format_share"].get(lab, 0.0) for d in last])) for lab in _union(
-        d["format_share"] for d in last)}
-    before = {lab: float(np.mean([d["format_share"].get(lab, 0.0) for d in first])) for lab in _union(
-        d["format_share"] for d in first)}
-    winners = [max((lab for lab in d["format_share"] if lab != "unknown"), key=lambda lab: d["format_share"][lab])
-               for d in last]
+    first, last = first_last(runs, dataset)
     return {"group": name, "values": values, "runs": len(runs), "finished": sum(bool(r.summary) for r in runs),
             "dataset": dataset,
             "pass1_before": _mean_sd([d["pass@1"] for d in first]), "pass1_after": _mean_sd([d["pass@1"] for d in last]),
             "passk_before": _mean_sd([d.get("pass@k") for d in first]),
             "passk_after": _mean_sd([d.get("pass@k") for d in last]), "k": (last[0].get("k") if last else None),
-            "format_share_before": before, "format_share_after": after, "winner_per_run": winners,
+            "format_share_before": mean_shares(first), "format_share_after": mean_shares(last),
+            "winner_per_run": [winner(d["format_share"]) for d in last],
             "rl_minutes": _mean_sd([r.summary.get("wall_seconds", np.nan) / 60 for r in runs if r.summary]),
             "timing_per_run": [collapse_timing(r, dataset) for r in runs]}
 
