@@ -1,4 +1,5 @@
-"""Fixtures shared by several test files: one sandbox pool and one math-verify pool per session."""
+"""Fixtures shared by several test files: one sandbox pool and one math-verify pool per session, the smoke
+config's pretrained model, and a small random model with peaked distributions."""
 
 import pytest
 
@@ -32,3 +33,17 @@ def smoke_pretrained(tmp_path_factory):
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def peaked_model():
+    """A small random model over 97 tokens with peaked distributions (init std 0.3): greedy choices are not
+    near-ties, and it has favourite tokens (sampler, probe and interpreter tests)."""
+    import torch
+
+    from echochamber.model import ModelConfig, OLMo
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=96, max_seq_len=96,
+                      tie_embeddings=True, init_std=0.3, vocab_size=97).resolve()
+    return OLMo(cfg).eval()

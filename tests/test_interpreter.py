@@ -64,10 +64,8 @@ def test_output_block_is_the_documents_layout():
     assert head + OUTPUT_BLOCK.format("2") + "Thus \\boxed{2}." == doc
 
 
-def test_stop_sequences_stop_rows_where_they_end():
-    torch.manual_seed(0)
-    m = OLMo(ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=96, max_seq_len=96,
-                         tie_embeddings=True, init_std=0.3).resolve(vocab_size=97)).eval()
+def test_stop_sequences_stop_rows_where_they_end(peaked_model):
+    m = peaked_model
     prompts = [[5, 6, 7], [40, 2], [11, 12, 13, 14]]
     cfg = SampleConfig(max_new_tokens=30, temperature=0.0)
     free = generate(m, prompts, cfg, eos_id=-1, seed=0)

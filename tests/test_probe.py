@@ -25,12 +25,10 @@ FIELDS = ("forced_accuracy", "forced_label_share", "unforced_share", "unforced_a
 
 
 @pytest.fixture(scope="module")
-def model() -> OLMo:
-    """A small random model with peaked distributions (std 0.3), so it has favourite tokens to ban."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=96, max_seq_len=96,
-                      tie_embeddings=True, init_std=0.3, vocab_size=V).resolve()
-    return OLMo(cfg).eval()
+def model(peaked_model) -> OLMo:
+    """conftest's small random model with peaked distributions (vocabulary V)."""
+    assert peaked_model.config.vocab_size == V
+    return peaked_model
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from echochamber.model import ModelConfig, OLMo, token_logprobs
+from echochamber.model import OLMo, token_logprobs
 from echochamber import sampler
 from echochamber.sampler import SampleConfig, generate
 
@@ -13,12 +13,10 @@ V = 97
 
 
 @pytest.fixture(scope="module")
-def model() -> OLMo:
-    """A small random model with peaked distributions (std 0.3), so greedy choices are not near-ties."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=96, max_seq_len=96,
-                      tie_embeddings=True, init_std=0.3, vocab_size=V).resolve()
-    return OLMo(cfg).eval()
+def model(peaked_model) -> OLMo:
+    """conftest's small random model with peaked distributions (vocabulary V)."""
+    assert peaked_model.config.vocab_size == V
+    return peaked_model
 
 
 def prompts_of(lengths, seed=0) -> list[list[int]]:
