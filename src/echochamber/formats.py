@@ -394,6 +394,8 @@ def interpreter_output(res: CodeResult) -> str:
     OpenMathInstruct-1 (`outputs_agree` counts such an output as genuine)."""
     shown = real_output(res)
     return shown if len(shown) <= OUTPUT_RECORD_CHARS else shown[:OUTPUT_RECORD_CHARS] + _OUTPUT_CUT
+
+
 _OUTPUT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _NUMPY_SCALAR = re.compile(r"np\.(?:float|int|uint|complex)\d*\(([^()]*)\)")  # numpy 2's repr in containers
 

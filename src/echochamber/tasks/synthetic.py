@@ -17,9 +17,10 @@ must itself get `24 - 5 = 19` right, which is harder for a tiny model.
 Splits. `train` and `test` share the step/number settings; `hard` has more steps and larger numbers (transfer);
 `longer` has the train/test numbers with exactly max_steps + 1 steps, one more than train ever has (transfer in
 length alone); `larger` has the train/test steps and multipliers with every stated amount in (max_number,
-2 max_number], above anything a train question states (transfer in magnitude alone; results up to 2 max_value). A problem's split is decided by a hash of its computation (the given numbers, in order, and the
-operations between them; not the names, objects or story): test, hard and longer are drawn from the held-out side,
-train from the rest, so no held-out question ever occurs in train, not even with the names changed, for ANY seed:
+2 max_number], above anything a train question states (transfer in magnitude alone; results up to 2 max_value).
+A problem's split is decided by a hash of its computation (the given numbers, in order, and the operations
+between them; not the names, objects or story): every split but train is drawn from the held-out side, train
+from the rest, so no held-out question ever occurs in train, not even with the names changed, for ANY seed:
 data.py draws each pretraining source from the train split with its own seed, and all of them stay disjoint from
 the held-out splits of every seed.
 
@@ -606,8 +607,9 @@ def generate(split: Split, n: int, cfg: SyntheticConfig | None = None) -> list[S
     """The first `n` problems of `split` for `cfg.seed` (a longer list extends a shorter one: same prefix).
 
     train/test: cfg.min_steps..max_steps steps, numbers up to max_number/max_factor; hard: the hard_* settings;
-    longer: the train/test numbers with exactly max_steps + 1 steps. test, hard and longer are drawn from the
-    held-out side of the hash split. Problems are unique within a split.
+    longer: the train/test numbers with exactly max_steps + 1 steps; larger: the train/test steps with every
+    stated amount in (max_number, 2 max_number]. All but train are drawn from the held-out side of the hash
+    split. Problems are unique within a split.
     """
     cfg = cfg or SyntheticConfig()
     if split not in SPLITS:
