@@ -80,6 +80,28 @@ def test_larger_states_only_amounts_above_train_and_is_held_out(cfg):
     assert len(keys) == 300 and not keys & {computation_key(p.givens, p.steps) for p in train}
 
 
+def _words(problems) -> set[str]:
+    return {w for p in problems for w in re.findall(r"[A-Za-z]+", p.question)}
+
+
+def test_renamed_tells_test_computations_with_people_and_objects_train_never_names():
+    renamed = generate("renamed", 300, CFG)
+    train = generate("train", 4000, CFG) + generate("train", 1000, SMALL)
+    test = generate("test", 1000, CFG)
+    new_words = _words(renamed) - _words(train) - _words(test)
+    # the unseen pools: every problem names a new person and a new object, and some held-out word of each kind
+    assert {"Iris", "Kofi", "towels", "leaves", "jeep", "pretzels"} <= new_words
+    assert all(set(re.findall(r"[A-Za-z]+", p.question)) & new_words for p in renamed)
+    assert {p.kind for p in renamed} == {p.kind for p in test}
+    for p in renamed:  # the train/test steps and numbers
+        assert CFG.min_steps <= len(p.steps) <= CFG.max_steps
+        values = evaluate(p)
+        assert values is not None and values[-1] == p.answer and all(0 < v <= CFG.max_value for v in values)
+    keys = {computation_key(p.givens, p.steps) for p in renamed}
+    assert len(keys) == 300 and not keys & {computation_key(p.givens, p.steps) for p in train}
+    assert generate("renamed", 100, CFG) == renamed[:100]
+
+
 def test_longer_loads_through_load_problems_and_evaluate():
     from echochamber.evaluate import load_dataset
 

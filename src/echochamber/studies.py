@@ -9,7 +9,7 @@ A study is a sweep (sweep.py) with fixed settings, plus a report whose FIRST fig
     algorithms   PPO vs GRPO vs Expert Iteration on the same budget of samples
     kl           KL coefficient 0 / 1e-3 / 1e-2 for PPO (k1 in the reward) and GRPO: do minority formats survive?
     mixture      the same model on mixtures with other repeat factors: does the winner move?
-    transfer     RL on train, evaluated on splits it never saw: larger amounts, and one more step
+    transfer     RL on train, evaluated on splits it never saw: unseen names, larger amounts, one more step
     interpreter  the collapse study with a real interpreter writing <llm-code-output> during generation
     scale        models of about 1M, 4M and 12M parameters on the small-number world: which format wins at each size?
 
@@ -270,10 +270,12 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("mixture", "Does the winning format move when one format's share of pretraining grows (repeat factors)?",
           "The winner depends on the mixture; with 8x OMI1 the less accurate format wins and accuracy drops.",
           "quickstart", ("data.mixture=tg_omi1_4xtext,4xtg_omi1_4xtext,tg_4xomi1_4xtext",), (), fig_mixture),
-    Study("transfer", "Does RL on the train split improve splits it never saw: larger amounts than any train question "
-          "states (synthetic:larger), and one more step than any train problem has (synthetic:longer)?",
+    Study("transfer", "Does RL on the train split improve splits it never saw: people and objects no train "
+          "problem names (synthetic:renamed), larger amounts than any train question states (synthetic:larger), "
+          "and one more step than any train problem has (synthetic:longer)?",
           "RL on GSM8K improves MATH-500 (1B: about 33% -> 44%) and a little AIME.",
-          "quickstart", (), ("eval.datasets=[synthetic:test,synthetic:larger,synthetic:longer]",), fig_transfer),
+          "quickstart", (),
+          ("eval.datasets=[synthetic:test,synthetic:renamed,synthetic:larger,synthetic:longer]",), fig_transfer),
     Study("interpreter", "Does the echo chamber change when a real interpreter writes <llm-code-output> during "
           "generation (OpenMathInstruct-1's own inference) instead of the model? (3 seeds, without vs with)",
           "The paper's RL ran without an interpreter: the model wrote its own code output.",

@@ -13,7 +13,8 @@ def load_problems(source: str, split: str, n: int | None = None, *, path: str | 
     """Problems of one source and split, the first `n` of them (None: all; synthetic: cfg.train/test_size).
 
     source     split
-    synthetic  train | test | hard | longer | larger      cfg: a SyntheticConfig (None: defaults)
+    synthetic  train | test | hard | longer | larger | renamed
+                                                          cfg: a SyntheticConfig (None: defaults)
     gsm8k      train | test                               files: DATA/gsm8k/{split}.jsonl
     math500    test                                       DATA/math500/test.jsonl
     aime       2024 | 2025 | 1983-2023 | any YEAR or A-B | all (= test)

@@ -17,7 +17,9 @@ must itself get `24 - 5 = 19` right, which is harder for a tiny model.
 Splits. `train` and `test` share the step/number settings; `hard` has more steps and larger numbers (transfer);
 `longer` has the train/test numbers with exactly max_steps + 1 steps, one more than train ever has (transfer in
 length alone); `larger` has the train/test steps and multipliers with every stated amount in (max_number,
-2 max_number], above anything a train question states (transfer in magnitude alone; results up to 2 max_value).
+2 max_number], above anything a train question states (transfer in magnitude alone; results up to 2 max_value);
+`renamed` has the train/test steps and numbers told with people and objects that no other split ever names
+(unseen wording alone: the code formats' variable names change with the objects).
 A problem's split is decided by a hash of its computation (the given numbers, in order, and the operations
 between them; not the names, objects or story): every split but train is drawn from the held-out side, train
 from the rest, so no held-out question ever occurs in train, not even with the names changed, for ANY seed:
@@ -51,8 +53,8 @@ from typing import Literal
 
 from .problem import Problem
 
-Split = Literal["train", "test", "hard", "longer", "larger"]
-SPLITS = ("train", "test", "hard", "longer", "larger")
+Split = Literal["train", "test", "hard", "longer", "larger", "renamed"]
+SPLITS = ("train", "test", "hard", "longer", "larger", "renamed")
 SPLIT_SALT = "echochamber-synthetic-split-v1"  # changing it reshuffles which problems are test: never do so silently
 
 
@@ -114,6 +116,7 @@ class _Params:
     max_number: int
     max_factor: int
     max_value: int
+    unseen_names: bool = False  # people and objects from the held-out pools (`renamed`)
 
 
 def _params(split: str, cfg: SyntheticConfig) -> _Params:
@@ -124,7 +127,7 @@ def _params(split: str, cfg: SyntheticConfig) -> _Params:
         return _Params(cfg.min_steps, cfg.max_steps, cfg.max_number + 1, 2 * cfg.max_number, cfg.max_factor,
                        2 * cfg.max_value)
     steps = (cfg.max_steps + 1,) * 2 if split == "longer" else (cfg.min_steps, cfg.max_steps)
-    return _Params(*steps, cfg.min_number, cfg.max_number, cfg.max_factor, cfg.max_value)
+    return _Params(*steps, cfg.min_number, cfg.max_number, cfg.max_factor, cfg.max_value, split == "renamed")
 
 
 # ----------------------------------------------------------------------------- problems
@@ -227,10 +230,12 @@ def _mv(needs: str, gives: str, clause: str, slots: list[str], ops: list[str], a
 class _Kind:
     objects: tuple[tuple[str, str], ...]  # (singular, plural)
     moves: tuple[_Move, ...]
+    unseen_objects: tuple[tuple[str, str], ...]  # only the `renamed` split tells of these
 
 
 _KINDS: dict[str, _Kind] = {
     "shopping": _Kind(
+        unseen_objects=(("ruler", "rulers"), ("bowl", "bowls"), ("lemon", "lemons"), ("towel", "towels")),
         objects=(("apple", "apples"), ("pear", "pears"), ("orange", "oranges"), ("pencil", "pencils"),
                  ("notebook", "notebooks"), ("eraser", "erasers"), ("candle", "candles"), ("marker", "markers"),
                  ("cup", "cups"), ("plate", "plates")),
@@ -280,6 +285,7 @@ _KINDS: dict[str, _Kind] = {
                 "How much does each friend pay, in dollars?", "each friend pays {ans} dollars."),
         )),
     "baking": _Kind(
+        unseen_objects=(("pie", "pies"), ("scone", "scones"), ("waffle", "waffles"), ("donut", "donuts")),
         objects=(("cookie", "cookies"), ("muffin", "muffins"), ("cupcake", "cupcakes"), ("brownie", "brownies"),
                  ("roll", "rolls"), ("pancake", "pancakes"), ("bagel", "bagels"), ("tart", "tarts")),
         moves=(
@@ -314,6 +320,7 @@ _KINDS: dict[str, _Kind] = {
                 "How much money does each charity get, in dollars?", "each charity gets {ans} dollars."),
         )),
     "collecting": _Kind(
+        unseen_objects=(("coin", "coins"), ("feather", "feathers"), ("badge", "badges"), ("leaf", "leaves")),
         objects=(("sticker", "stickers"), ("marble", "marbles"), ("shell", "shells"), ("stamp", "stamps"),
                  ("card", "cards"), ("rock", "rocks"), ("button", "buttons"), ("bead", "beads")),
         moves=(
@@ -347,6 +354,7 @@ _KINDS: dict[str, _Kind] = {
                 "How many {objs} do they have together?", "they have {ans} {objs} together."),
         )),
     "travel": _Kind(
+        unseen_objects=(("bus", "buses"), ("jeep", "jeeps"), ("taxi", "taxis")),
         objects=(("car", "cars"), ("van", "vans"), ("truck", "trucks")),
         moves=(
             _mv("start", "dist", "{name} drives {a} miles on Monday.", ["a n miles_monday"], [],
@@ -377,6 +385,7 @@ _KINDS: dict[str, _Kind] = {
                 "How much does each friend pay, in dollars?", "each friend pays {ans} dollars."),
         )),
     "saving": _Kind(
+        unseen_objects=(("robot", "robots"), ("ball", "balls"), ("doll", "dolls"), ("drum", "drums")),
         objects=(("book", "books"), ("comic", "comics"), ("puzzle", "puzzles"), ("kite", "kites"),
                  ("toy car", "toy cars"), ("board game", "board games")),
         moves=(
@@ -405,6 +414,7 @@ _KINDS: dict[str, _Kind] = {
                 "How many {objs} does {name} buy?", "{name} buys {ans} {objs}."),
         )),
     "sharing": _Kind(
+        unseen_objects=(("plum", "plums"), ("cracker", "crackers"), ("pretzel", "pretzels"), ("walnut", "walnuts")),
         objects=(("candy", "candies"), ("grape", "grapes"), ("almond", "almonds"), ("strawberry", "strawberries"),
                  ("cherry", "cherries"), ("peanut", "peanuts"), ("raisin", "raisins")),
         moves=(
@@ -441,6 +451,8 @@ _NAMES = (("Mia", "she"), ("Emma", "she"), ("Ava", "she"), ("Lily", "she"), ("Zo
           ("Ruby", "she"), ("Maya", "she"), ("Sara", "she"), ("Anna", "she"), ("Ella", "she"), ("Grace", "she"),
           ("Liam", "he"), ("Noah", "he"), ("Leo", "he"), ("Omar", "he"), ("Jack", "he"), ("Ben", "he"),
           ("Sam", "he"), ("Max", "he"), ("Tom", "he"), ("Luca", "he"), ("Ravi", "he"), ("Eli", "he"))
+_UNSEEN_NAMES = (("Iris", "she"), ("Hana", "she"), ("Olga", "she"), ("Tara", "she"), ("Vera", "she"),
+                 ("Jonas", "he"), ("Ivan", "he"), ("Kofi", "he"), ("Hugo", "he"), ("Felix", "he"))  # `renamed` only
 _PRONOUNS = {
     "she": {"he": "she", "He": "She", "him": "her", "his": "her", "His": "Her", "himself": "herself"},
     "he": {"he": "he", "He": "He", "him": "him", "his": "his", "His": "His", "himself": "himself"},
@@ -566,9 +578,10 @@ def _draw(rng: random.Random, p: _Params) -> _Draft | None:
     """One random story with between min_steps and max_steps steps, or None when the walk hits a dead end."""
     kind = rng.choice(KINDS)
     story = _KINDS[kind]
-    name, pronoun = rng.choice(_NAMES)
-    friend = rng.choice([n for n, _ in _NAMES if n != name])
-    (obj, objs), (obj2, objs2) = rng.sample(story.objects, 2)
+    names = _UNSEEN_NAMES if p.unseen_names else _NAMES
+    name, pronoun = rng.choice(names)
+    friend = rng.choice([n for n, _ in names if n != name])
+    (obj, objs), (obj2, objs2) = rng.sample(story.unseen_objects if p.unseen_names else story.objects, 2)
     ctx = {"name": name, "friend": friend, "obj": obj, "objs": objs, "obj2": obj2, "objs2": objs2,
            **_PRONOUNS[pronoun]}
     draft = _Draft(kind, ctx)
@@ -608,7 +621,7 @@ def generate(split: Split, n: int, cfg: SyntheticConfig | None = None) -> list[S
 
     train/test: cfg.min_steps..max_steps steps, numbers up to max_number/max_factor; hard: the hard_* settings;
     longer: the train/test numbers with exactly max_steps + 1 steps; larger: the train/test steps with every
-    stated amount in (max_number, 2 max_number]. All but train are drawn from the held-out side of the hash
+    stated amount in (max_number, 2 max_number]; renamed: the train/test settings with unseen people and objects. All but train are drawn from the held-out side of the hash
     split. Problems are unique within a split.
     """
     cfg = cfg or SyntheticConfig()
