@@ -38,3 +38,53 @@ def test_cli_configures_threads_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "ECHOCHAMBER_JOBS": str(len(os.sched_getaffinity(0)))},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1].split() == ["1", "PASSIVE"]  # after the --help text
+
+
+# ----------------------------------------------------------------------------- jobs nobody announced
+
+_HOLDER = ("import sys\nfrom echochamber.cpu import JobRegistry\n"
+           "JobRegistry(sys.argv[1]).join()\nprint('ready', flush=True)\nsys.stdin.read()\n")
+
+
+def _start_job(directory) -> subprocess.Popen:
+    """Another echochamber job: a process holding its registry file until its stdin closes (or it is killed)."""
+    job = subprocess.Popen([sys.executable, "-c", _HOLDER, str(directory)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "ready"
+    return job
+
+
+def test_registry_counts_live_jobs_and_forgets_killed_ones(tmp_path):
+    from echochamber.cpu import JobRegistry
+
+    me = JobRegistry(tmp_path)
+    me.join()
+    assert me.count() == 1
+    ended, killed = _start_job(tmp_path), _start_job(tmp_path)
+    assert me.count() == 3
+    ended.communicate("")  # exits normally
+    killed.kill()  # no cleanup of its own: the kernel drops its lock
+    killed.wait()
+    assert me.count() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{os.getpid()}.lock"]  # the dead jobs' files are gone
+    me.leave()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_splits_the_cores_with_jobs_it_finds(tmp_path):
+    code = ("import sys\n"
+            "from echochamber.cpu import configure, rebalance\n"
+            "assert configure() == {}\n"  # automatic: no environment settings
+            "import torch\n"
+            "print(rebalance(force=True), flush=True)\n"  # alone
+            "sys.stdin.readline()\n"
+            "print(rebalance(force=True), torch.get_num_threads(), flush=True)\n")  # another job started meanwhile
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "ECHOCHAMBER_"))}
+    job = subprocess.Popen([sys.executable, "-c", code], env={**env, "ECHOCHAMBER_JOBS_DIR": str(tmp_path)},
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cores = len(os.sched_getaffinity(0))
+    assert int(job.stdout.readline()) == cores
+    other = _start_job(tmp_path / f"echochamber-jobs-{os.getuid()}")
+    out, _ = job.communicate("go\n")
+    other.communicate("")
+    assert out.split() == [str(max(1, cores // 2))] * 2

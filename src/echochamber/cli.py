@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cpu import configure
+    from .cpu import configure, rebalance
 
     configure()  # threads and OpenMP wait policy (ECHOCHAMBER_JOBS), before anything imports torch
     args = build_parser().parse_args(argv)
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         from .model import tune_cpu_allocator
 
         tune_cpu_allocator()  # large activations reuse pages instead of faulting them in every step
+        rebalance(force=True)  # torch is loaded: split the cores with the echochamber jobs running now
     from .config import ConfigError
     from .training import RunFolderError
 

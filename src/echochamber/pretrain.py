@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checks import check
+from .cpu import rebalance
 from .data import PackedDataset
 from .model import OLMo, ModelConfig
 from .plan import resolve_grad_accum, resolve_pretrain_steps
@@ -163,6 +164,7 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
     model.train()
     last_step = min(pcfg.max_steps, pcfg.stop_at or pcfg.max_steps)
     while step < last_step:
+        rebalance()  # another echochamber job started or ended: cores // jobs threads (cpu.py)
         lr = lr_at(step, pcfg)
         set_lr(opt, lr)
         loss_sum = 0.0

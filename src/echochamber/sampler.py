@@ -29,6 +29,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from .cpu import rebalance
 from .model import OLMo, SampleCache
 
 
@@ -215,6 +216,7 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
             if t + 1 == capacity:
                 break
             if (t + 1) % CHECK_EVERY == 0:  # the host looks at the batch (a device sync) every few tokens only
+                rebalance()  # cpu.py: threads shared with other echochamber jobs (at most every 2 s; no-op on GPU)
                 live = int((~stopped).sum())
                 if progress:
                     bar.update(int(limit.clamp(max=t + 1).sum()) - bar.n)  # an upper bound until the end

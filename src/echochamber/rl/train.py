@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .. import distributed as dist
 from ..checkpoint import export_model, save_checkpoint
+from ..cpu import rebalance
 from ..evaluate import evaluate, format_results, load_dataset, load_policy
 from ..format_metrics import within_format
 from ..formats import LABELS, format_stats
@@ -230,6 +231,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
     bar = tqdm(total=total_steps, initial=step, desc=f"rl {rcfg.algo}", unit="round" if rcfg.algo == "ei" else "step",
                disable=not progress, dynamic_ncols=True)
     while step < total_steps:
+        rebalance()  # another echochamber job started or ended: cores // jobs threads (cpu.py)
         step += 1
         batch = [problems[i] for i in stream.take(per_step)][mine[0]:mine[1]]
         model.eval()
