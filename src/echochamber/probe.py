@@ -10,8 +10,8 @@ not measure. Here every problem is answered once in each format, greedily:
     tinygsm   forced by its opening: prompt = question + "\\n\\n" + "def simple_math_problem() -> int:"
     omi1      forced by its opening: prompt = question + "\\n\\n" + OMI1_INTRO + "\\n<llm-code>"
     text      has no fixed opening: the code formats' openings are banned instead, the response may not begin
-              with "\\n\\ndef", "\\n\\nLet" or "\\n\\n<llm" (TEXT_BANNED; sampler.generate's banned_starts, with
-              every token sequence that spells them, not only the tokenizer's own spelling)
+              with "\\n\\ndef", "\\n\\nLet", "\\n\\n<llm" or more whitespace (TEXT_BANNED; sampler.generate's
+              banned_starts, with every token sequence that spells them, not only the tokenizer's own spelling)
 
 A forced prompt is encoded as ONE string, as the training documents (question + "\\n\\n" + solution + EOS) are,
 so the opening's tokens are the ones the model saw in pretraining. The graded response is "\\n\\n" + opening +
@@ -45,7 +45,10 @@ OPENINGS = {"tinygsm": "def simple_math_problem() -> int:", "omi1": OMI1_INTRO +
 # opening, and a code block without its intro. Only the first word: banned "Let's solve", the quickstart model
 # wrote "Let's this problem using Python code." and went on in omi1. Synthetic text solutions begin with a name,
 # a pronoun or "Now", "The", "After"..., never so (OpenMathInstruct-2's "Let's denote ..." would lose its "Let").
-TEXT_BANNED = ("def", "Let", "<llm")
+# Nor with more whitespace or an apostrophe: after PPO, the quickstart model answered 131 of 200 text-forced
+# probes "\n\n\nLet's solve this problem using Python code." (a third newline, then the omi1 opening) and 10
+# "\n\n's solve this problem ..."; no synthetic text solution begins so.
+TEXT_BANNED = ("def", "Let", "<llm", "\n", " ", "'")
 MAX_SPELLINGS = 20_000  # token sequences per banned text; more means a prefix too long for this vocabulary
 
 
