@@ -153,6 +153,8 @@ def generate_with_interpreter(model: OLMo, tok: Tokenizer, prompts: list[list[in
                               progress: bool = False) -> list[InterpretedGeneration]:
     """sampler.generate with the sandbox's real output written after every closed code block (module docstring);
     result i * n + j is sample j of prompt i. pool None = the process-wide sandbox pool (started on first need)."""
+    if cfg.greedy_first:  # later rounds continue each row alone (n = 1), which would make every row greedy
+        raise ValueError("SampleConfig.greedy_first with the interpreter in the loop is not supported")
     n, eos = cfg.n, tok.eos_id
     context = getattr(model, "module", model).config.max_seq_len
     stops = stop_sequences(tok)

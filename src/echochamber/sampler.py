@@ -15,6 +15,8 @@ How it stays fast (a decode step at these widths costs in per-operation overhead
   * for big calls the decode step runs through torch.compile (dynamic shapes, eager fallback; see
     model.compiled_decode_step and SampleConfig.compile);
   * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass;
+  * SampleConfig.greedy_first makes row 0 of each prompt's n rows greedy and the others samples, so a greedy
+    answer and n - 1 samples share one prefill and one decoding loop (evaluate.py);
   * optional stop sequences (token ids; the interpreter's "</llm-code>", see interpreter.py) are compared on the
     device with each row's last generated tokens, so they cost no extra synchronisation;
   * bf16 autocast is optional (SampleConfig.dtype).
@@ -46,6 +48,8 @@ class SampleConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"  # forward-pass precision (bfloat16: autocast, ~2x faster
     # on CPUs with bf16 units; the log-probabilities are still fp32 softmaxes, of bf16-rounded logits)
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the decode step; auto: big calls on a GPU
+    greedy_first: bool = False  # sample 0 of every prompt is greedy (argmax), samples 1..n-1 are drawn at
+    # temperature / top_p: evaluation's greedy answer and its n - 1 samples in one call, from one prefill
 
 
 @dataclass
@@ -69,9 +73,10 @@ WIDTH_STEP = 32
 COMPILE_MIN_WORK = 64 * 256
 
 
-def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row from fp32 logits (B, V); returns (tokens (B,), log p(token) at temperature 1)."""
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
+                greedy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row from fp32 logits (B, V); returns (tokens (B,), log p(token) at temperature 1).
+    greedy (B,) bool: rows that take the argmax whatever the temperature (they still consume random numbers)."""
     if temperature == 0:
         tok = logits.argmax(dim=-1)
     else:
@@ -85,6 +90,8 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
         # fine). -log U from torch.rand is ~6x faster on CPU than Tensor.exponential_.
         race = torch.rand(probs.shape, generator=gen, device=probs.device).log_().neg_()  # (B, V) ~ Exp(1)
         tok = (probs / race).argmax(dim=-1)
+        if greedy is not None:  # the same argmax as temperature 0: greedy rows equal a greedy call's
+            tok = torch.where(greedy, logits.argmax(dim=-1), tok)
     logp = logits.gather(-1, tok[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)  # log softmax(logits)[tok]
     return tok, logp
 
@@ -151,7 +158,9 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     The logprobs are then those of the masked distribution, the one actually sampled.
     stop_sequences: a row also stops once its generated tokens end with one of these token-id sequences (kept;
     stop="stop_sequence"); rows that never meet one sample exactly what they would without them, as long as
-    no row of the call stops at one (a row that stops early changes which rows share the later random draws)."""
+    no row of the call stops at one (a row that stops early changes which rows share the later random draws).
+    cfg.greedy_first: sample 0 of every prompt is its greedy continuation (the argmax of the same logits as a
+    temperature-0 call), samples 1..n-1 are drawn at cfg.temperature / cfg.top_p."""
     model = getattr(model, "module", model)  # a DistributedDataParallel wrapper samples with its module
     _check(model, prompts, cfg)
     if any(len(s) == 0 for s in stop_sequences):
@@ -203,10 +212,11 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
         rows = torch.arange(N, device=device)  # batch position -> output row
         row_limit = limit  # per batch position
         stopped = torch.zeros(N, dtype=torch.bool, device=device)  # per batch position
+        greedy = rows % n == 0 if cfg.greedy_first else None  # per batch position: sample 0 of its prompt
         for t in range(cfg.max_new_tokens):
             if t in bans:  # banned starts: only the first few positions, each row by its own tokens so far
                 logits = mask_banned(logits, out_tok[rows, :t], *bans[t])
-            tok, lp = next_tokens(logits, cfg.temperature, cfg.top_p, gen)
+            tok, lp = next_tokens(logits, cfg.temperature, cfg.top_p, gen, greedy)
             out_tok[rows, t] = tok  # entries after a row's stop are written but never read
             out_lp[rows, t] = lp
             stopped |= (tok == eos_id) | (row_limit == t + 1)
@@ -226,6 +236,7 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
                     keep = (~stopped).nonzero()[:, 0]
                     cache.keep(keep, upto=t)  # slots 0..t-1 hold keys so far
                     rows, tok, stopped, row_limit = rows[keep], tok[keep], stopped[keep], row_limit[keep]
+                    greedy = None if greedy is None else greedy[keep]
             # Stopped rows still in the batch keep decoding (their output is ignored); pin their write slot
             # to their last one, so they never pass the cache or the context. Running rows are below it.
             torch.minimum(cache.glen, row_limit - 1, out=cache.glen)
