@@ -88,3 +88,15 @@ def test_cli_splits_the_cores_with_jobs_it_finds(tmp_path):
     out, _ = job.communicate("go\n")
     other.communicate("")
     assert out.split() == [str(max(1, cores // 2))] * 2
+
+
+def test_a_finished_command_stops_counting_as_a_job(tmp_path):
+    code = ("import os, sys\n"
+            "from echochamber.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.listdir(sys.argv[1]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "ECHOCHAMBER_"))}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"echochamber-jobs-{os.getuid()}")],
+                         env={**env, "ECHOCHAMBER_JOBS_DIR": str(tmp_path)}, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"  # joined while the command ran (the folder exists), left after

@@ -309,11 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cpu import configure, rebalance
+    from .cpu import configure, release
 
     configure()  # threads and OpenMP wait policy (ECHOCHAMBER_JOBS), before anything imports torch
-    args = build_parser().parse_args(argv)
+    try:
+        run_command(build_parser().parse_args(argv))
+    finally:
+        release()  # the command is over: a Python session that ran it no longer takes a share of the cores
+
+
+def run_command(args) -> None:
+    """One parsed command, with bad input reported in one line."""
     if args.command not in ("grade", "report"):
+        from .cpu import rebalance
         from .model import tune_cpu_allocator
 
         tune_cpu_allocator()  # large activations reuse pages instead of faulting them in every step

@@ -160,6 +160,14 @@ _registry: JobRegistry | None = None
 _last_rebalance = float("-inf")
 
 
+def release() -> None:
+    """This process stops counting as a job (the CLI's command has ended; a later `configure` joins again)."""
+    global _registry
+    if _registry is not None:
+        _registry.leave()
+        _registry = None
+
+
 def rebalance(force: bool = False) -> int | None:
     """In automatic mode (see the module docstring), at most every REBALANCE_S seconds unless `force`: give this
     job cores // jobs torch threads. Returns the thread count when it looked, None when it did not."""
