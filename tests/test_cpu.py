@@ -100,3 +100,15 @@ def test_a_finished_command_stops_counting_as_a_job(tmp_path):
                          env={**env, "ECHOCHAMBER_JOBS_DIR": str(tmp_path)}, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"  # joined while the command ran (the folder exists), left after
+
+
+def test_an_unwritable_registry_runs_the_job_alone(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")  # the registry folder would have to live inside a file
+    code = ("from echochamber.cpu import configure, rebalance\n"
+            "import torch\n"
+            "print(configure(), rebalance(force=True))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "ECHOCHAMBER_"))}
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "ECHOCHAMBER_JOBS_DIR": str(blocker)},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["{}", "None"] and "jobs registry" in run.stderr

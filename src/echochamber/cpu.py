@@ -89,9 +89,15 @@ def configure(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
     global _registry
     if not any(environ.get(k) for k in _EXPLICIT):
         if _registry is None:
-            _registry = JobRegistry(jobs_dir())
-            _registry.join()
-            atexit.register(_registry.leave)
+            registry = JobRegistry(jobs_dir())
+            try:
+                registry.join()
+            except OSError as e:  # no writable temp dir: run as if alone rather than not at all
+                print(f"echochamber: jobs registry {registry.dir}: {e}; not sharing cores with other jobs",
+                      file=sys.stderr)
+                return {}
+            _registry = registry
+            atexit.register(registry.leave)
         return {}
     settings = thread_settings(environ, cores())
     environ.update(settings)
