@@ -47,3 +47,26 @@ def peaked_model():
     cfg = ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=96, max_seq_len=96,
                       tie_embeddings=True, init_std=0.3, vocab_size=97).resolve()
     return OLMo(cfg).eval()
+
+
+def memorise(docs: list[str], tok, *, max_seq_len: int, steps: int):
+    """A tiny OLMo (d_model 64, 2 layers) trained full-batch with Adam until it has memorised `docs` (each
+    followed by EOS), so that greedy decoding from a document's question reproduces it; returned in eval mode."""
+    import torch
+
+    from echochamber.model import ModelConfig, OLMo
+
+    torch.manual_seed(0)
+    model = OLMo(ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=128,
+                             max_seq_len=max_seq_len, tie_embeddings=True,
+                             init_std=0.02).resolve(vocab_size=tok.vocab_size))
+    ids = [tok.encode(d) + [tok.eos_id] for d in docs]
+    longest = max(len(d) for d in ids)
+    idx = torch.tensor([d + [tok.eos_id] * (longest - len(d)) for d in ids])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

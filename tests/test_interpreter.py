@@ -15,7 +15,7 @@ import torch
 from echochamber import formats
 from echochamber.interpreter import (CODE_CLOSE, OUTPUT_BLOCK, _Row, _take_round, cut_after_close,
                                      generate_with_interpreter, stop_sequences)
-from echochamber.model import ModelConfig, OLMo
+from echochamber.model import OLMo
 from echochamber.rl import rollout as ro
 from echochamber.rl.config import RLConfig
 from echochamber.rl.train import build_algorithm
@@ -23,6 +23,8 @@ from echochamber.sampler import Generation, SampleConfig, generate
 from echochamber.sandbox import CodeJob
 from echochamber.tasks import Problem
 from echochamber.tokenizer import train_tokenizer
+
+from conftest import memorise
 
 CODE_Q, TEXT_Q = "What is six times seven?", "What is two plus two?"
 CODE_LINES = ["a = 6 * 7", "print('a is', a)", "a"]
@@ -39,19 +41,7 @@ def tok():
 @pytest.fixture(scope="module")
 def model(tok):
     """A tiny model that has memorised both documents (greedy decoding reproduces them)."""
-    torch.manual_seed(0)
-    m = OLMo(ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=128, max_seq_len=192,
-                         rope_theta=10000.0, tie_embeddings=True, init_std=0.02).resolve(vocab_size=tok.vocab_size))
-    docs = [tok.encode(d) + [tok.eos_id] for d in (CODE_DOC, TEXT_DOC)]
-    L = max(len(d) for d in docs)
-    idx = torch.tensor([d + [tok.eos_id] * (L - len(d)) for d in docs])
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(m(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    m.eval()
+    m = memorise([CODE_DOC, TEXT_DOC], tok, max_seq_len=192, steps=150)
     greedy = generate(m, [tok.encode(CODE_Q), tok.encode(TEXT_Q)], SampleConfig(max_new_tokens=150, temperature=0),
                       eos_id=tok.eos_id, seed=0)
     assert [tok.decode(g.tokens[:-1]) for g in greedy] == [CODE_DOC[len(CODE_Q):], TEXT_DOC[len(TEXT_Q):]]

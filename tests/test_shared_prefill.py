@@ -12,11 +12,12 @@ from echochamber import sampler
 from echochamber.evaluate import EvalConfig, evaluate_dataset
 from echochamber.formats import FORMATS
 from echochamber.interpreter import generate_with_interpreter
-from echochamber.model import ModelConfig, OLMo
 from echochamber.probe import SEPARATOR
 from echochamber.sampler import SampleConfig, generate
 from echochamber.tasks import synthetic
 from echochamber.tokenizer import train_tokenizer
+
+from conftest import memorise
 
 V = 97
 MIXED = SampleConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, n=4, greedy_first=True)
@@ -83,19 +84,8 @@ def memorised():
     problems = synthetic.generate("train", 6)
     docs = [p.question + SEPARATOR + synthetic.render_solution(p, f) for p, f in zip(problems, FORMATS)]
     tok = train_tokenizer(docs * 10, vocab_size=600)
-    torch.manual_seed(0)
-    model = OLMo(ModelConfig(preset="custom", d_model=64, n_layers=2, n_heads=2, mlp_hidden=128, max_seq_len=384,
-                             tie_embeddings=True, init_std=0.02).resolve(vocab_size=tok.vocab_size))
-    ids = [tok.encode(d) + [tok.eos_id] for d in docs]
-    L = max(len(d) for d in ids)
-    idx = torch.tensor([d + [tok.eos_id] * (L - len(d)) for d in ids])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = torch.nn.functional.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), tok, [p.to_problem() for p in problems]
+    model = memorise(docs, tok, max_seq_len=384, steps=200)
+    return model, tok, [p.to_problem() for p in problems]
 
 
 def test_evaluation_with_samples_has_the_greedy_only_results(memorised, tmp_path, pool):
