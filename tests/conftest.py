@@ -1,10 +1,26 @@
 """Fixtures shared by several test files: one sandbox pool and one math-verify pool per session, the smoke
-config's pretrained model, and a small random model with peaked distributions."""
+config's pretrained model, a small random model with peaked distributions, memorise(), and a jobs
+registry folder of the session's own."""
+
+import os
 
 import pytest
 
 from echochamber.verify import MathVerifyPool, VerifyConfig
 from echochamber.sandbox import SandboxConfig, SandboxPool
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jobs_registry(tmp_path_factory):
+    """CLI commands run by tests register as jobs (echochamber.cpu) in a folder of the test session's own, not in
+    the user's registry under the temp dir, which the tests did not create."""
+    old = os.environ.get("ECHOCHAMBER_JOBS_DIR")
+    os.environ["ECHOCHAMBER_JOBS_DIR"] = str(tmp_path_factory.mktemp("jobs"))
+    yield
+    if old is None:
+        del os.environ["ECHOCHAMBER_JOBS_DIR"]
+    else:
+        os.environ["ECHOCHAMBER_JOBS_DIR"] = old
 
 
 @pytest.fixture(scope="session")
