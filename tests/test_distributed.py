@@ -27,6 +27,46 @@ def run(cmd, **kw):
     return proc
 
 
+def process_tree(pid):
+    """pid and all its descendants, read from /proc (torchrun starts each worker in a session of its own, so
+    killing torchrun's process group leaves the workers running)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+            todo += [int(c) for t in tasks for c in open(f"/proc/{p}/task/{t}/children").read().split()]
+        except OSError:  # it ended while we read
+            pass
+    return tree
+
+
+def kill_tree_and_wait(proc, timeout=60):
+    """SIGKILL a process and every descendant, as a crash of the whole job would, and wait until all are gone
+    (a killed worker holds its run folder's lock until the kernel has torn it down)."""
+    pids = process_tree(proc.pid)
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + timeout
+    while (alive := [p for p in pids if running(p)]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"processes {alive} outlived SIGKILL"
+
+
+def running(pid):
+    """Whether pid exists and is not a zombie (a zombie has released its files and locks)."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
@@ -70,7 +110,7 @@ def test_two_process_rl_equals_one_process_and_resumes_after_sigkill(tmp_path, s
     a, b = (json.loads((d / "eval" / "step_000002.json").read_text())["datasets"]["synthetic_test"] for d in (one, two))
     assert a["n"] == b["n"] == 8  # evaluation split over the two processes and gathered
 
-    # Killed (the whole torchrun group, SIGKILL) after its first checkpoint, then the same command again.
+    # Killed (torchrun and its workers, SIGKILL) after its first checkpoint, then the same command again.
     killed = tmp_path / "killed"
     cmd = TORCHRUN + ["rl", "--config", "smoke", f"out_dir={killed}", *init]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -79,8 +119,7 @@ def test_two_process_rl_equals_one_process_and_resumes_after_sigkill(tmp_path, s
     while time.time() < deadline and proc.poll() is None and not pointer.exists():
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_tree_and_wait(proc)
     assert not (killed / "rl" / "summary.json").exists()
     run(cmd)
     assert (weights(killed / "rl" / "final")["wte.weight"] == weights(two / "final")["wte.weight"]).all()
