@@ -27,7 +27,18 @@ def test_linked_grid_keys_move_together(tmp_path):
     assert cells[0].name == "rl.kl_coef+rl.lr=0.001,seed=0"
 
 
+def test_linked_keys_take_one_value_each_from_parentheses(tmp_path):
+    grid = parse_grid(["model.preset+pretrain.lr=(olmo-tiny,3e-3),(olmo-small,1e-3)", "seed=0,1"])
+    cells = plan_cells("smoke", grid, [], tmp_path)
+    assert [(c.cfg.model.preset, c.cfg.pretrain.lr, c.cfg.seed) for c in cells] == [
+        ("olmo-tiny", 3e-3, 0), ("olmo-tiny", 3e-3, 1), ("olmo-small", 1e-3, 0), ("olmo-small", 1e-3, 1)]
+    assert cells[2].name == "model.preset=olmo-small,pretrain.lr=1e-3,seed=0"
+    assert cells[2].overrides() == {"model.preset": "olmo-small", "pretrain.lr": 1e-3, "seed": 0}
+    assert cells[0].pretrain_dir != cells[2].pretrain_dir
+
+
 @pytest.mark.parametrize("specs, why", [
+    (["model.preset+pretrain.lr=(olmo-tiny,3e-3),(olmo-small)"], r"\(olmo-small\) has 1 values for 2 linked keys"),
     (["rl.lr+rl.lr=1,2"], "already a grid key"),
     (["rl.lr=1,2", "rl.kl_coef+rl.lr=1,2"], "already a grid key"),
     (["rl.lr+=1,2"], "empty key"),

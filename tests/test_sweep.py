@@ -26,6 +26,7 @@ def test_grid_values_split_on_top_level_commas_only():
     assert split_values("grpo,ppo,ei") == ["grpo", "ppo", "ei"]
     assert split_values("[synthetic:test,gsm8k:test],[x]") == ["[synthetic:test,gsm8k:test]", "[x]"]
     assert split_values("{a: 1, b: 2},3") == ["{a: 1, b: 2}", "3"]
+    assert split_values("(olmo-tiny,[a,b]),(x,y)") == ["(olmo-tiny,[a,b])", "(x,y)"]
 
 
 def test_grid_is_the_cartesian_product_last_axis_fastest():

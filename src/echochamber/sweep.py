@@ -3,9 +3,10 @@
     echochamber sweep --config quickstart --grid rl.algo=grpo,ppo,ei --grid seed=0,1,2 --out runs/algos
 
 The grid is the cartesian product of the --grid values (the last --grid varies fastest); positional KEY=VALUE
-overrides apply to every cell. Keys joined by "+" move together, one axis setting each to the same value:
-`--grid rl.interpreter+eval.interpreter=false,true` is two cells, not four. Cells run one after another, never side by side: two torch jobs on a small
-machine slow each other about 10x. Every cell's config is resolved before anything runs, so a typo in any cell
+overrides apply to every cell. Keys joined by "+" move together on one axis, each set to the same value:
+`--grid rl.interpreter+eval.interpreter=false,true` is two cells, not four; a value in parentheses gives each linked
+key its own, in order: `--grid model.preset+pretrain.lr=(olmo-tiny,3e-3),(olmo-12m,1e-3)`. Cells run one after
+another, never side by side: two torch jobs on a small machine slow each other about 10x. Every cell's config is resolved before anything runs, so a typo in any cell
 stops the sweep at once with one line per bad cell.
 
 Pretraining is the expensive stage and most sweeps vary only RL, so cells share it: the key of a pretrained model
@@ -54,10 +55,10 @@ class SweepError(ValueError):
 
 # ------------------------------------------------------------------------------------------------- the grid
 def split_values(raw: str) -> list[str]:
-    """'grpo,ppo' -> ['grpo', 'ppo']; commas inside brackets stay: '[a,b],[c]' -> ['[a,b]', '[c]']."""
+    """'grpo,ppo' -> ['grpo', 'ppo']; commas inside brackets stay: '[a,b],(c,d)' -> ['[a,b]', '(c,d)']."""
     values, depth, cur = [], 0, ""
     for ch in raw:
-        depth += (ch in "[{") - (ch in "]}")
+        depth += (ch in "[{(") - (ch in "]})")
         if ch == "," and depth == 0:
             values.append(cur.strip())
             cur = ""
@@ -87,6 +88,9 @@ def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
             errors.append(f"--grid {spec!r}: an empty value (a stray comma?)")
         elif len(set(values)) < len(values):
             errors.append(f"--grid {spec!r}: a value is repeated")
+        elif bad := [v for v in values if _is_tuple(v) and len(split_values(v[1:-1])) != len(key.split("+"))]:
+            errors.append(f"--grid {spec!r}: {bad[0]} has {len(split_values(bad[0][1:-1]))} values for "
+                          f"{len(key.split('+'))} linked keys ({key})")
         else:
             grid.append((key, values))
     if errors:
@@ -100,14 +104,31 @@ def expand_grid(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(vals for _, vals in grid))]
 
 
+def _is_tuple(value: str) -> bool:
+    return value.startswith("(") and value.endswith(")")
+
+
+def linked(key: str, value: str) -> list[tuple[str, str]]:
+    """One grid value as (key, value) pairs: "a+b" with "(1,2)" -> [(a, 1), (b, 2)]; with "1" -> [(a, 1), (b, 1)];
+    a plain key -> [(key, value)]."""
+    parts = key.split("+")
+    return list(zip(parts, split_values(value[1:-1]))) if _is_tuple(value) else [(part, value) for part in parts]
+
+
 def cell_overrides(values: dict[str, str]) -> list[str]:
-    """A cell's grid values as KEY=VALUE overrides; a linked key "a+b" sets a and b to its value."""
-    return [f"{part}={v}" for k, v in values.items() for part in k.split("+")]
+    """A cell's grid values as KEY=VALUE overrides; a linked key "a+b" sets a and b (to one value or each its own)."""
+    return [f"{part}={v}" for k, raw in values.items() for part, v in linked(k, raw)]
+
+
+def named(values: dict[str, str]) -> list[tuple[str, str]]:
+    """The (name, value) pairs a cell is known by: its grid keys, except that a linked key with one value per key
+    is named key by key ('model.preset+pretrain.lr': '(olmo-12m,1e-3)' -> model.preset, pretrain.lr)."""
+    return [pair for k, raw in values.items() for pair in (linked(k, raw) if _is_tuple(raw) else [(k, raw)])]
 
 
 def cell_name(values: dict[str, str]) -> str:
     """{'rl.algo': 'ppo', 'seed': '1'} -> 'rl.algo=ppo,seed=1': readable, and safe as one folder name."""
-    name = ",".join(f"{k}={v}" for k, v in values.items()) or "base"
+    name = ",".join(f"{k}={v}" for k, v in named(values)) or "base"
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
 
 
@@ -145,13 +166,14 @@ class Cell:
         return Path(self.cfg.out_dir)
 
     def overrides(self) -> dict:
-        """The grid values as the config parsed them (rl.lr=1e-4 -> 0.0001); a linked key "a+b" by its first key."""
+        """The grid values as the config parsed them (rl.lr=1e-4 -> 0.0001), by the names of `named`; a linked key
+        "a+b" with one value for both by its first key."""
         def get(key):
             node = self.cfg
             for part in key.split("+")[0].split("."):
                 node = getattr(node, part)
             return to_dict(node)
-        return {k: get(k) for k in self.values}
+        return {k: get(k) for k, _ in named(self.values)}
 
 
 def _key(*parts) -> str:
