@@ -4,7 +4,9 @@ One training step = forward + backward + AdamW step on the same (B, T) batch, sa
 cross-entropy with an fp32 softmax; ours through `-model(x, y).mean()`, HF's logits through F.cross_entropy),
 same optimizer (fused AdamW), same autocast, steps interleaved ours/HF so background load hits both alike.
 Also reports the achieved training FLOP/s (6 N per token + causal attention) as a fraction of a plain bf16
-(2048 x 2048) matmul's FLOP/s measured in this run.
+(2048 x 2048) matmul's FLOP/s measured in this run. Ours runs twice: eager, and through torch.compile
+(model.CompiledForTraining, what `pretrain.compile` uses), whose first step (the compilation, or its load from
+inductor's disk cache) is timed apart.
 
     python bench/train_throughput.py                   # laptop preset, ~15 seconds on 2 cores
     python bench/train_throughput.py --preset olmo-small --batch 16 --seq-len 512
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from echochamber.hf import export_hf
-from echochamber.model import ModelConfig, OLMo, tune_cpu_allocator
+from echochamber.model import CompiledForTraining, ModelConfig, OLMo, tune_cpu_allocator
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="autocast dtype")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's allocator at its defaults")
+    ap.add_argument("--compile", choices=["on", "off"], default="on", help="also time ours through torch.compile")
     args = ap.parse_args()
     if not args.no_malloc_tuning:
         tune_cpu_allocator()  # helps both models alike: fewer page faults on large activations
@@ -80,6 +83,8 @@ def main() -> None:
 
     cfg = ModelConfig(preset=args.preset).resolve(args.vocab)
     ours = OLMo(cfg)
+    ours_c = OLMo(cfg)
+    ours_c.load_state_dict(ours.state_dict())
     try:
         from transformers import OlmoForCausalLM
     except ImportError:
@@ -107,6 +112,13 @@ def main() -> None:
         return step
 
     ours_step = make_step(ours, lambda m: -m(x, y).mean())
+    steps = {"echochamber OLMo": ours_step}
+    compile_s = None
+    if args.compile == "on":
+        steps["echochamber compiled"] = make_step(CompiledForTraining(ours_c), lambda m: -m(x, y).mean())
+        t0 = time.perf_counter()
+        steps["echochamber compiled"]()  # the compilation (or its load from inductor's cache), timed apart
+        compile_s = time.perf_counter() - t0
     # HF's logits through the same fp32 cross-entropy (cheaper for HF than its `labels=` path, which copies shifts).
     hf_step = make_step(hf, lambda m: F.cross_entropy(m(x).logits.float().flatten(0, 1), y.flatten()))
 
@@ -117,7 +129,7 @@ def main() -> None:
 
     peak = matmul_flops(getattr(torch, args.dtype))
     tokens = args.batch * args.seq_len
-    times = time_interleaved({"echochamber OLMo": ours_step, "HF OlmoForCausalLM": hf_step}, args.warmup, args.steps)
+    times = time_interleaved({**steps, "HF OlmoForCausalLM": hf_step}, args.warmup, args.steps)
     results = {name: statistics.median(t) for name, t in times.items()}
     peak = (peak + matmul_flops(getattr(torch, args.dtype))) / 2  # before and after: the cores are shared
 
@@ -130,8 +142,13 @@ def main() -> None:
     for name, sec in results.items():
         flops = fpt * tokens / sec
         print(f"{name:<20} {sec:>8.3f} {tokens / sec:>10.0f} {flops / 1e9:>9.1f} {flops / peak:>8.1%}")
-    ratio = results["HF OlmoForCausalLM"] / results["echochamber OLMo"]
-    print(f"\nspeed-up ours / HF: {ratio:.2f}x tokens/s (timings are medians; other jobs on the cores add noise)")
+    print()
+    for name in steps:
+        ratio = results["HF OlmoForCausalLM"] / results[name]
+        print(f"speed-up {name} / HF: {ratio:.2f}x tokens/s")
+    if compile_s is not None:
+        print(f"first compiled step (compilation or cache load): {compile_s:.1f} s")
+    print("(timings are medians; other jobs on the cores add noise)")
 
 
 if __name__ == "__main__":

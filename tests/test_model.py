@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from echochamber.model import (PRESETS, ModelConfig, SampleCache, OLMo, _MaterializedCausalAttention, _SplitHeadsRope,
-                               head_logprobs, rope_tables, token_logprobs)
+from echochamber.model import (PRESETS, CompiledForTraining, ModelConfig, SampleCache, OLMo,
+                               _MaterializedCausalAttention, _SplitHeadsRope, head_logprobs, rope_tables, token_logprobs)
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -254,3 +254,46 @@ def test_training_step_learns_a_repeated_batch():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[0] > 4.0 and losses[-1] < 0.5 * losses[0]
+
+
+def loss_and_grads(model, rows):
+    loss = -model(rows[:, :-1], rows[:, 1:]).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_compiled_training_gives_the_eager_loss_and_gradients():
+    """CompiledForTraining (pretrain.compile): the same loss and gradients as the eager model, through the custom
+    attention and RoPE autograd functions; its parameters and state_dict are the wrapped model's, each once."""
+    torch.manual_seed(0)
+    eager = OLMo(small_config())
+    model = OLMo(small_config())
+    model.load_state_dict(eager.state_dict())
+    wrapper = CompiledForTraining(model)
+    assert [id(p) for p in wrapper.parameters()] == [id(p) for p in model.parameters()]
+    assert set(wrapper.state_dict()) == {f"model.{k}" for k in model.state_dict()}
+    rows = torch.randint(0, 97, (4, 33))
+    loss_e, grads_e = loss_and_grads(eager, rows)
+    loss_c, grads_c = loss_and_grads(wrapper, rows)
+    assert not wrapper._eager, "torch.compile failed on this machine (see the warning)"
+    torch.testing.assert_close(loss_c, loss_e, atol=1e-5, rtol=0)
+    for name, g in grads_e.items():
+        torch.testing.assert_close(grads_c[f"model.{name}"], g, atol=1e-5, rtol=1e-4)
+
+
+def test_failed_training_compilation_falls_back_to_eager(monkeypatch):
+    def broken_compile(module, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    model = OLMo(small_config())
+    wrapper = CompiledForTraining(model)
+    rows = torch.randint(0, 97, (2, 17))
+    with pytest.warns(UserWarning, match="the training step failed .*no C\\+\\+ compiler found"):
+        loss_c, _ = loss_and_grads(wrapper, rows)
+    assert wrapper._eager
+    model.zero_grad()
+    torch.testing.assert_close(loss_c, loss_and_grads(model, rows)[0])

@@ -64,3 +64,18 @@ def test_validation_loss_falls_far_below_unigram(tmp_path, data_dir):
     val = [r["val_loss"] for r in read_metrics(tmp_path / "pretrain") if "val_loss" in r][-1]
     baseline = unigram_entropy(data_dir)
     assert val < 0.35 * baseline, f"validation loss {val:.3f} vs unigram entropy {baseline:.3f}"
+
+
+def test_auto_compiles_the_training_step_where_it_pays():
+    from echochamber.pretrain import COMPILE_MIN_STEPS, PretrainConfig, use_compile
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    auto = PretrainConfig()
+    assert use_compile(auto, gpu, 10, sharded=False)  # a GPU: always
+    assert use_compile(auto, cpu, COMPILE_MIN_STEPS, sharded=False)  # a CPU: a long run wins the compile time back
+    assert not use_compile(auto, cpu, COMPILE_MIN_STEPS - 1, sharded=False)  # a short one (tests, smoke) does not
+    assert use_compile(PretrainConfig(compile="on"), cpu, 1, sharded=False)
+    assert not use_compile(PretrainConfig(compile="off"), gpu, 10 ** 6, sharded=False)
+    assert not use_compile(PretrainConfig(compile="on"), gpu, 10 ** 6, sharded=True)  # FSDP: eager
+    with pytest.raises(Exception, match="compile"):
+        load_run_config("smoke", ["pretrain.compile=yes"])

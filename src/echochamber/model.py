@@ -396,11 +396,40 @@ def compiled_decode_step():
     return _COMPILED_DECODE or decode_step
 
 
+def warn_compile_failed(what: str, err: Exception) -> None:
+    """One warning when torch.compile of `what` failed and it runs eagerly instead."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    warnings.warn(f"torch.compile of {what} failed ({type(err).__name__}: {first}); running it eagerly")
+
+
 def _disable_compile(err: Exception) -> None:
     global _COMPILED_DECODE
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    warnings.warn(f"torch.compile of the decode step failed ({type(err).__name__}: {first}); decoding eagerly")
+    warn_compile_failed("the decode step", err)
     _COMPILED_DECODE = False
+
+
+class CompiledForTraining(nn.Module):
+    """`model`'s forward (and so its backward) through torch.compile, for training steps on one fixed batch shape:
+    inductor fuses the elementwise work around the matmuls (casts, RoPE, SwiGLU, norms), which is about half of
+    an eager CPU step at laptop widths (bench/README.md). The first call compiles (about 30 s on 2 cores; inductor
+    caches the result on disk); if compiling fails there, one warning and eager calls from then on. Parameters,
+    buffers and state_dict are the wrapped model's, under `model.`; save the model itself, not this wrapper."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        # Set past nn.Module's registration: the compiled wrapper shares `model`'s parameters, registered once.
+        object.__setattr__(self, "_compiled", torch.compile(model))
+        self._eager = False
+
+    def forward(self, *args, **kwargs):
+        if not self._eager:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as e:  # compilation unavailable or failed: an error of the model itself recurs below
+                self._eager = True
+                warn_compile_failed("the training step", e)
+        return self.model(*args, **kwargs)
 
 
 class Attention(nn.Module):

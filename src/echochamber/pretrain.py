@@ -31,7 +31,7 @@ from . import distributed as dist
 from .checks import check
 from .cpu import rebalance
 from .data import PackedDataset
-from .model import OLMo, ModelConfig
+from .model import CompiledForTraining, OLMo, ModelConfig
 from .plan import resolve_grad_accum, resolve_pretrain_steps
 from .checkpoint import export_model, save_checkpoint
 from .runio import append_jsonl
@@ -64,6 +64,8 @@ class PretrainConfig:
     fsdp: bool = False  # under torchrun: FSDP2, parameters, gradients and optimizer state sharded (paper: FSDP for
     # 1B, DDP for 150M); otherwise data-parallel DDP
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass (less memory)
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the training step (not with fsdp); auto: on a
+    # GPU, and on a CPU for runs of at least COMPILE_MIN_STEPS steps, where the ~30 s compilation pays back
     seed: int | None = None  # initialisation; None = the run's top-level `seed`
 
     def __post_init__(self):
@@ -71,6 +73,19 @@ class PretrainConfig:
                                 "log_every"),
               at_least_0=("max_steps", "grad_accum", "global_batch", "warmup_steps", "weight_decay", "threads"), positive=("lr", "eps", "grad_clip"),
               unit=("min_lr_ratio",))
+
+
+# Compiling the step takes about 30 s on 2 cores and saves about 0.06 s of a 0.25 s olmo-tiny step (bench/README.md),
+# so on a CPU "auto" compiles only runs long enough to win that back.
+COMPILE_MIN_STEPS = 600
+
+
+def use_compile(cfg: PretrainConfig, device: torch.device, steps_left: int, sharded: bool) -> bool:
+    """Whether this run trains through torch.compile (model.CompiledForTraining): "on"/"off" decide, FSDP never
+    (not tested here), "auto" on a GPU and on a CPU for at least COMPILE_MIN_STEPS remaining steps."""
+    if sharded or cfg.compile == "off":
+        return False
+    return cfg.compile == "on" or device.type == "cuda" or steps_left >= COMPILE_MIN_STEPS
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -147,7 +162,10 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
         whole.load_state_dict(model_state)
         return whole, opt_state
 
-    ddp_model = model if sharded else dist.wrap(model, ctx)
+    last_step = min(pcfg.max_steps, pcfg.stop_at or pcfg.max_steps)
+    compiled = use_compile(pcfg, device, last_step - step, sharded)
+    train_model = CompiledForTraining(model) if compiled else model
+    ddp_model = model if sharded else dist.wrap(train_model, ctx)
     tb = None
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -156,13 +174,13 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
         n_params = model.num_params()
         tokens_per_step = pcfg.batch_size * pcfg.grad_accum * ctx.world_size * train.seq_len
         print(f"model {model_cfg.preset}: {n_params / 1e6:.2f}M parameters; {train.n_sequences} train sequences "
-              f"of {train.seq_len} tokens; {tokens_per_step} tokens per step", file=sys.stderr)
+              f"of {train.seq_len} tokens; {tokens_per_step} tokens per step"
+              f"{'; training step compiled (the first step compiles it)' if compiled else ''}", file=sys.stderr)
 
     bar = tqdm(total=pcfg.max_steps, initial=step, desc="pretrain", unit="step", disable=not (progress and ctx.is_main),
                dynamic_ncols=True)
     t_last, tokens_since = time.perf_counter(), 0
     model.train()
-    last_step = min(pcfg.max_steps, pcfg.stop_at or pcfg.max_steps)
     while step < last_step:
         rebalance()  # another echochamber job started or ended: cores // jobs threads (cpu.py)
         lr = lr_at(step, pcfg)
