@@ -25,6 +25,14 @@ def test_bad_overrides_name_the_key(override, message):
         load_run_config("quickstart", [override])
 
 
+def test_on_and_off_stay_words_where_a_setting_takes_them():
+    # YAML 1.1 reads `on` / `off` as booleans; a setting whose choices are "auto" / "on" / "off" takes them as typed.
+    assert load_run_config("quickstart", ["pretrain.compile=on"]).pretrain.compile == "on"
+    assert load_run_config("quickstart", ["pretrain.compile=off"]).pretrain.compile == "off"
+    with pytest.raises(ConfigError, match="expected one of"):
+        load_run_config("quickstart", ["rl.loss_agg=on"])  # a choice without on / off still refuses a boolean
+
+
 def test_unknown_key_in_yaml_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("rl:\n  steps: 3\n  kl_coef: 0.0\n  learning_rate: 0.1\n")

@@ -88,6 +88,11 @@ def test_two_process_pretraining_equals_one_process_with_the_same_global_batch(t
     # DDP: 2 processes x 8 rows = the same 16 rows per step.
     run(TORCHRUN + common + [f"out_dir={tmp_path / 'ddp'}", "pretrain.batch_size=8"])
     assert_close(one, weights(tmp_path / "ddp" / "pretrain" / "model"), atol=1e-4)
+    # DDP over the compiled training step (pretrain.compile, what auto picks for long runs).
+    compiled = run(TORCHRUN + common + [f"out_dir={tmp_path / 'ddp_compiled'}", "pretrain.batch_size=8",
+                                        "pretrain.compile=on"])
+    assert "training step compiled" in compiled.stderr and "failed" not in compiled.stderr
+    assert_close(one, weights(tmp_path / "ddp_compiled" / "pretrain" / "model"), atol=1e-4)
     # FSDP2 with activation checkpointing, stopped at step 6 and resumed from its gathered checkpoint.
     fsdp = common + [f"out_dir={tmp_path / 'fsdp'}", "pretrain.batch_size=8", "pretrain.fsdp=true",
                      "pretrain.activation_checkpointing=true"]

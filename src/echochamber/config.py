@@ -50,6 +50,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(tp)):
+            value = "on" if value else "off"  # YAML 1.1 reads on / off (and yes / no) as booleans
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
         return value
