@@ -46,6 +46,18 @@ def tiny():
                             rope_theta=10000.0, tie_embeddings=True, init_std=0.02).resolve(vocab_size=12))
 
 
+def test_a_pretraining_resumed_compiled_or_eager_is_the_same_run(tmp_path):
+    model = tiny()
+    opt = make_optimizer(model, 1e-3, 0.0, (0.9, 0.95))
+    write_run_metadata(tmp_path, load_run_config("smoke", ["pretrain.compile=off"]), "pretrain")
+    save_checkpoint(tmp_path / "checkpoints", model, {"step": 3, **trainer_state(opt.state_dict())})
+    resumed = start_or_resume(tmp_path, load_run_config("smoke", ["pretrain.compile=on"]), "pretrain", model, opt,
+                              device="cpu")
+    assert resumed["step"] == 3  # compiling changes only the rounding: not compared
+    with pytest.raises(RunFolderError, match="pretrain.lr"):
+        start_or_resume(tmp_path, load_run_config("smoke", ["pretrain.lr=0.5"]), "pretrain", model, opt, device="cpu")
+
+
 def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path):
     cfg = load_run_config("smoke")
     model = tiny()

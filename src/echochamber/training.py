@@ -27,9 +27,10 @@ from .model import OLMo
 from .runio import flatten, to_dict, truncate_jsonl, write_run_metadata
 
 # The config sections a stage's results depend on: a resume with any of them changed is refused (unless asked
-# for), since the run would silently mix two settings. Keys that change no result are not compared.
+# for), since the run would silently mix two settings. Keys that change no result are not compared, nor those
+# that change only the rounding (threads, compile: the order of floating-point sums).
 STAGE_SECTIONS = {"pretrain": ("data", "model", "pretrain"), "rl": ("data", "rl", "eval")}
-NOT_COMPARED = {"pretrain.stop_at", "pretrain.threads", "rl.threads"}
+NOT_COMPARED = {"pretrain.stop_at", "pretrain.threads", "pretrain.compile", "rl.threads"}
 
 
 class RunFolderError(RuntimeError):
