@@ -6,8 +6,8 @@ The grid is the cartesian product of the --grid values (the last --grid varies f
 overrides apply to every cell. Keys joined by "+" move together on one axis, each set to the same value:
 `--grid rl.interpreter+eval.interpreter=false,true` is two cells, not four; a value in parentheses gives each linked
 key its own, in order: `--grid model.preset+pretrain.lr=(olmo-tiny,3e-3),(olmo-12m,1e-3)`. Cells run one after
-another, never side by side: two torch jobs on a small machine slow each other about 10x. Every cell's config is resolved before anything runs, so a typo in any cell
-stops the sweep at once with one line per bad cell.
+another, never side by side: two torch jobs on a small machine slow each other about 10x. Every cell's config is
+resolved before anything runs, so a typo in any cell stops the sweep at once with one line per bad cell.
 
 Pretraining is the expensive stage and most sweeps vary only RL, so cells share it: the key of a pretrained model
 hashes everything that can change it (the top-level seed and the data, model and pretrain sections), and cells
