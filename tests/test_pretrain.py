@@ -78,4 +78,4 @@ def test_auto_compiles_the_training_step_where_it_pays():
     assert not use_compile(PretrainConfig(compile="off"), gpu, 10 ** 6, sharded=False)
     assert not use_compile(PretrainConfig(compile="on"), gpu, 10 ** 6, sharded=True)  # FSDP: eager
     with pytest.raises(Exception, match="compile"):
-        load_run_config("smoke", ["pretrain.compile=yes"])
+        load_run_config("smoke", ["pretrain.compile=fast"])
