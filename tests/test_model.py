@@ -158,11 +158,10 @@ def test_chunked_head_equals_one_chunk_with_gradients():
 
 
 @pytest.mark.parametrize("block", [128, 5])  # one block; blocks of 5 query rows (the last one partial)
-def test_materialized_attention_matches_sdpa_forward_and_backward(monkeypatch, block):
-    monkeypatch.setattr(_MaterializedCausalAttention, "BLOCK", block)
+def test_materialized_attention_matches_sdpa_forward_and_backward(block):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 17, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    ours = _MaterializedCausalAttention.apply(q, k, v)
+    ours = _MaterializedCausalAttention.apply(q, k, v, block)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(ours, ref)
     g = torch.randn_like(ours)
@@ -279,6 +278,17 @@ def test_compiled_training_gives_the_eager_loss_and_gradients():
     torch.testing.assert_close(loss_c, loss_e, atol=1e-5, rtol=0)
     for name, g in grads_e.items():
         torch.testing.assert_close(grads_c[f"model.{name}"], g, atol=1e-5, rtol=1e-4)
+
+
+def test_the_training_forward_compiles_as_one_graph():
+    """No graph break (a break per layer's attention once made the compiled step 15% slower): the whole forward,
+    with the custom attention, RoPE and head functions, is one graph for inductor to fuse."""
+    model = OLMo(small_config())
+    rows = torch.randint(0, 97, (2, 17))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(model)(rows[:, :-1], rows[:, 1:])
+    assert explained.graph_break_count == 0, [b.reason.splitlines()[0] for b in explained.break_reasons]
+    assert explained.graph_count == 1
 
 
 def test_failed_training_compilation_falls_back_to_eager(monkeypatch):

@@ -195,23 +195,24 @@ class _MaterializedCausalAttention(torch.autograd.Function):
         O = P V ;  dV += P^T dO ;  dP = dO V^T ;  dS = P * (dP - rowsum(dP * P)) ;
         dQ = scale dS K ;  dK += scale dS^T Q"""
 
-    BLOCK = 128  # query rows per block
-
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+        # block: query rows per block (ATTENTION_BLOCK), an argument so that torch.compile sees a constant int
+        # (reading it off this class inside forward split the compiled graph at every layer's attention).
         B, H, T, D = q.shape
         scale = D ** -0.5
         q3, k3, v3 = q.reshape(B * H, T, D), k.reshape(B * H, T, D), v.reshape(B * H, T, D)
         mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)  # 0 on/below diagonal
         out = torch.empty_like(q3)
         probs = []
-        for s in range(0, T, _MaterializedCausalAttention.BLOCK):
-            e = min(T, s + _MaterializedCausalAttention.BLOCK)
+        for s in range(0, T, block):
+            e = min(T, s + block)
             scores = torch.baddbmm(mask[s:e, :e], q3[:, s:e], k3[:, :e].transpose(1, 2), alpha=scale)  # (BH, e-s, e)
             p = torch.softmax(scores, dim=-1)
-            torch.bmm(p, v3[:, :e], out=out[:, s:e])
+            out[:, s:e] = torch.bmm(p, v3[:, :e])  # (not bmm(out=view): torch.compile splits the graph there)
             probs.append(p)
         ctx.save_for_backward(q3, k3, v3, *probs)
+        ctx.block = block
         return out.view(B, H, T, D)
 
     @staticmethod
@@ -222,14 +223,16 @@ class _MaterializedCausalAttention(torch.autograd.Function):
         do3 = do.reshape(B_H, T, D).to(q3.dtype)
         dq, dk, dv = torch.empty_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
         for i, p in enumerate(probs):
-            s = i * _MaterializedCausalAttention.BLOCK
+            s = i * ctx.block
             e = s + p.shape[1]
             dv[:, :e].baddbmm_(p.transpose(1, 2), do3[:, s:e])
             ds = torch._softmax_backward_data(torch.bmm(do3[:, s:e], v3[:, :e].transpose(1, 2)), p, -1, p.dtype)
-            torch.bmm(ds, k3[:, :e], out=dq[:, s:e])
+            dq[:, s:e] = torch.bmm(ds, k3[:, :e])
             dk[:, :e].baddbmm_(ds.transpose(1, 2), q3[:, s:e], alpha=scale)
-        return dq.mul_(scale).view(do.shape), dk.view(do.shape), dv.view(do.shape)
+        return dq.mul_(scale).view(do.shape), dk.view(do.shape), dv.view(do.shape), None
 
+
+ATTENTION_BLOCK = 128  # query rows per block of _MaterializedCausalAttention
 
 # Sequences up to this length use the materialized attention on CPU (beyond it the T^2 probabilities cost
 # more than flash attention's recomputation), as long as they fit in this many probability elements.
@@ -241,7 +244,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     """Causal self-attention, q, k, v: (B, H, T, hd) -> (B, H, T, hd). Picks the faster kernel for the shape."""
     B, H, T, _ = q.shape
     if q.device.type == "cpu" and T <= MATERIALIZE_MAX_T and B * H * T * T <= MATERIALIZE_MAX_ELEMENTS:
-        return _MaterializedCausalAttention.apply(q, k, v)
+        return _MaterializedCausalAttention.apply(q, k, v, ATTENTION_BLOCK)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 

@@ -75,8 +75,8 @@ class PretrainConfig:
               unit=("min_lr_ratio",))
 
 
-# Compiling the step takes about 30 s on 2 cores and saves about 0.06 s of a 0.25 s olmo-tiny step (bench/README.md),
-# so on a CPU "auto" compiles only runs long enough to win that back.
+# Compiling the step takes about 30 s on 2 cores and saves about 0.08 s of a 0.24 s olmo-tiny step (bench/README.md),
+# so on a CPU "auto" compiles only runs long enough to win that back, with a margin.
 COMPILE_MIN_STEPS = 600
 
 
