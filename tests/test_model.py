@@ -261,7 +261,15 @@ def loss_and_grads(model, rows):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
-def test_compiled_training_gives_the_eager_loss_and_gradients():
+@pytest.fixture
+def deterministic_restored():
+    """CompiledForTraining turns torch's deterministic algorithms on for the process; put the setting back."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_compiled_training_gives_the_eager_loss_and_gradients(deterministic_restored):
     """CompiledForTraining (pretrain.compile): the same loss and gradients as the eager model, through the custom
     attention and RoPE autograd functions; its parameters and state_dict are the wrapped model's, each once."""
     torch.manual_seed(0)
@@ -269,6 +277,7 @@ def test_compiled_training_gives_the_eager_loss_and_gradients():
     model = OLMo(small_config())
     model.load_state_dict(eager.state_dict())
     wrapper = CompiledForTraining(model)
+    assert torch.are_deterministic_algorithms_enabled()  # a compiled run is reproducible from its seed
     assert [id(p) for p in wrapper.parameters()] == [id(p) for p in model.parameters()]
     assert set(wrapper.state_dict()) == {f"model.{k}" for k in model.state_dict()}
     rows = torch.randint(0, 97, (4, 33))
@@ -291,7 +300,7 @@ def test_the_training_forward_compiles_as_one_graph():
     assert explained.graph_count == 1
 
 
-def test_failed_training_compilation_falls_back_to_eager(monkeypatch):
+def test_failed_training_compilation_falls_back_to_eager(monkeypatch, deterministic_restored):
     def broken_compile(module, **kwargs):
         def compiled(*args, **kw):
             raise RuntimeError("no C++ compiler found")

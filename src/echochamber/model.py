@@ -415,11 +415,16 @@ class CompiledForTraining(nn.Module):
     """`model`'s forward (and so its backward) through torch.compile, for training steps on one fixed batch shape:
     inductor fuses the elementwise work around the matmuls (casts, RoPE, SwiGLU, norms), which is about half of
     an eager CPU step at laptop widths (bench/README.md). The first call compiles (about 30 s on 2 cores; inductor
-    caches the result on disk); if compiling fails there, one warning and eager calls from then on. Parameters,
+    caches the result on disk); if compiling fails there, one warning and eager calls from then on. It turns on
+    torch's deterministic algorithms, so that a compiled run is reproducible from its seed. Parameters,
     buffers and state_dict are the wrapped model's, under `model.`; save the model itself, not this wrapper."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        # Process-wide, and needed before the first call compiles: without it, two processes with the same seed
+        # trained to different weights (inductor picks lowerings whose accumulation order varies from run to run);
+        # with it they agree bit for bit. warn_only: ops without a deterministic kernel warn instead of failing.
+        torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = model
         # Set past nn.Module's registration: the compiled wrapper shares `model`'s parameters, registered once.
         object.__setattr__(self, "_compiled", torch.compile(model))
