@@ -11,16 +11,20 @@ from echochamber.sandbox import SandboxConfig, SandboxPool
 
 
 @pytest.fixture(scope="session", autouse=True)
-def jobs_registry(tmp_path_factory):
-    """CLI commands run by tests register as jobs (echochamber.cpu) in a folder of the test session's own, not in
-    the user's registry under the temp dir, which the tests did not create."""
-    old = os.environ.get("ECHOCHAMBER_JOBS_DIR")
-    os.environ["ECHOCHAMBER_JOBS_DIR"] = str(tmp_path_factory.mktemp("jobs"))
+def own_folders(tmp_path_factory):
+    """Folders the code would otherwise take under the user's temp dir, which the tests did not create, point into
+    the test session's own: the jobs registry of CLI commands (echochamber.cpu) and torch.compile's inductor
+    cache (tests that compile then compile from scratch)."""
+    names = {"ECHOCHAMBER_JOBS_DIR": "jobs", "TORCHINDUCTOR_CACHE_DIR": "inductor"}
+    old = {key: os.environ.get(key) for key in names}
+    for key, name in names.items():
+        os.environ[key] = str(tmp_path_factory.mktemp(name))
     yield
-    if old is None:
-        del os.environ["ECHOCHAMBER_JOBS_DIR"]
-    else:
-        os.environ["ECHOCHAMBER_JOBS_DIR"] = old
+    for key, value in old.items():
+        if value is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
