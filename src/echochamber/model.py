@@ -24,6 +24,7 @@ once for all the samples that continue it; `decode_step` is one decoding step on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import warnings
@@ -383,6 +384,17 @@ def decode_step(model: "OLMo", tokens: torch.Tensor, glen: torch.Tensor, plen: t
     return model.lm_head(layer_norm(x[:, 0])).float(), torch.stack(keys), torch.stack(values)
 
 
+def distinct_sizes():
+    """A context in which torch.compile gives every dynamic size its own symbol. By default it ties sizes that are
+    equal at the first call ("duck sizing": 500 rows and 500 cache rows became one symbol), and the decode step
+    compiled again, about 25 s on 2 cores, once they parted as rows finished."""
+    import torch.fx.experimental._config as fx_config
+
+    if not hasattr(fx_config, "use_duck_shape"):  # a torch without the switch
+        return contextlib.nullcontext()
+    return fx_config.patch(use_duck_shape=False)
+
+
 # `decode_step` under torch.compile: None until first use, False once compilation failed in this process.
 _COMPILED_DECODE = None
 
@@ -390,9 +402,11 @@ _COMPILED_DECODE = None
 def compiled_decode_step():
     """`decode_step` compiled by torch.compile (inductor: the dozens of small operations of a decode step fused
     into a few kernels), or the eager `decode_step` where compilation failed before. Shapes are dynamic, so the
-    batch shrinking and the attended width growing reuse one compiled graph (sizes 0 and 1 still get their own).
+    batch shrinking and the attended width growing reuse one compiled graph (sizes 0 and 1 would get their own:
+    the sampler keeps at least two rows in a compiled call).
     Compiled code is cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER), so
-    later processes load it in a few seconds instead of compiling again."""
+    later processes skip its code generation: the quickstart model's first compiled call took 65 s with the cache
+    empty and 32 s with it warm, on 2 cores (tracing the step is most of the rest)."""
     global _COMPILED_DECODE
     if _COMPILED_DECODE is None:
         _COMPILED_DECODE = torch.compile(decode_step, dynamic=True, fullgraph=True)
@@ -583,7 +597,8 @@ class OLMo(nn.Module):
         args = (tokens, cache.glen, cache.plen, cache.group, cache.slot, cache.n_slots, cache.pk, cache.pv,
                 cache.prompt_bias, cache.k, cache.v, width)
         try:
-            logits, k, v = step(self, *args)
+            with distinct_sizes() if step is not decode_step else contextlib.nullcontext():
+                logits, k, v = step(self, *args)
         except Exception as e:  # compilation unavailable or failed here: decode eagerly from now on
             if step is decode_step:
                 raise

@@ -13,7 +13,7 @@ How it stays fast (a decode step at these widths costs in per-operation overhead
     rows that stopped (EOS or length limit) are then dropped once a quarter of the batch has stopped, by
     moving the kept rows forward inside the same buffers (no second copy of the cache);
   * for big calls the decode step runs through torch.compile (dynamic shapes, eager fallback; see
-    model.compiled_decode_step and SampleConfig.compile);
+    model.compiled_decode_layer and SampleConfig.compile);
   * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass;
   * SampleConfig.greedy_first makes row 0 of each prompt's n rows greedy and the others samples, so a greedy
     answer and n - 1 samples share one prefill and one decoding loop (evaluate.py);
@@ -71,6 +71,9 @@ CHECK_EVERY = 8
 WIDTH_STEP = 32
 # compile="auto" compiles the decode step on a GPU when a call decodes at least this many rows x tokens.
 COMPILE_MIN_WORK = 64 * 256
+# A compiled call never shrinks its batch below this many rows: torch.compile specialises sizes 0 and 1, so a
+# batch of one row would compile the step again (about 25 s on 2 cores). Calls with fewer rows decode eagerly.
+MIN_COMPILED_ROWS = 2
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
@@ -99,8 +102,11 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
 def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
     """Whether to decode through torch.compile. cfg.compile "on"/"off" decide; "auto" compiles on a GPU for
     calls of at least COMPILE_MIN_WORK rows x tokens, and stays eager on a CPU, where compiling costs about
-    50 s on 2 cores (20 s from inductor's cache), more than a laptop run's sampling gains back (bench/README.md).
+    60 s on 2 cores (30 s with inductor's cache warm), more than the quickstart's sampling gains back
+    (bench/README.md). Calls of fewer than MIN_COMPILED_ROWS rows decode eagerly.
     The environment variable ECHOCHAMBER_COMPILE=1 or 0 turns "auto" on or off everywhere."""
+    if rows < MIN_COMPILED_ROWS:
+        return False
     if cfg.compile != "auto":
         return cfg.compile == "on"
     forced = os.environ.get("ECHOCHAMBER_COMPILE")
@@ -205,7 +211,9 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
         logits, pk, pv = model.prefill(idx, plen, cache_dtype)  # (U, V) at each prompt's last token; (L, U, H, P, hd)
         # Room for every row's longest continuation, allocated once (see model.SampleCache).
         capacity = int(limit.max())
-        cache = SampleCache.start(pk, pv, plen, row_src, capacity, cache_dtype)
+        # One slot more than any row writes: the attended width then never spans a whole buffer row, which would
+        # make its slice contiguous and a compiled step compile again.
+        cache = SampleCache.start(pk, pv, plen, row_src, capacity + 1, cache_dtype)
         del pk, pv
         logits = logits[row_src]  # (N, V)
 
@@ -232,8 +240,11 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
                     bar.update(int(limit.clamp(max=t + 1).sum()) - bar.n)  # an upper bound until the end
                 if live == 0:
                     break
-                if len(rows) - live >= COMPACT_FRACTION * len(rows):
+                smallest = MIN_COMPILED_ROWS if compiled else 1
+                if len(rows) - live >= COMPACT_FRACTION * len(rows) and max(live, smallest) < len(rows):
                     keep = (~stopped).nonzero()[:, 0]
+                    if len(keep) < smallest:  # pad with stopped rows: a compiled step would recompile for one row
+                        keep = torch.cat((keep, stopped.nonzero()[:smallest - len(keep), 0])).sort().values
                     cache.keep(keep, upto=t)  # slots 0..t-1 hold keys so far
                     rows, tok, stopped, row_limit = rows[keep], tok[keep], stopped[keep], row_limit[keep]
                     greedy = None if greedy is None else greedy[keep]
