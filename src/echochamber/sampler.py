@@ -102,8 +102,9 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
 def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
     """Whether to decode through torch.compile. cfg.compile "on"/"off" decide; "auto" compiles on a GPU for
     calls of at least COMPILE_MIN_WORK rows x tokens, and stays eager on a CPU, where compiling costs about
-    60 s on 2 cores (30 s with inductor's cache warm), more than the quickstart's sampling gains back
-    (bench/README.md). Calls of fewer than MIN_COMPILED_ROWS rows decode eagerly.
+    60 s on 2 cores (30 s with inductor's cache warm): only a process that decodes a lot wins that back (the
+    quickstart's RL stage saves 33 s net, bench/README.md), and one call cannot tell. Calls of fewer than
+    MIN_COMPILED_ROWS rows decode eagerly.
     The environment variable ECHOCHAMBER_COMPILE=1 or 0 turns "auto" on or off everywhere."""
     if rows < MIN_COMPILED_ROWS:
         return False
