@@ -13,7 +13,7 @@ How it stays fast (a decode step at these widths costs in per-operation overhead
     rows that stopped (EOS or length limit) are then dropped once a quarter of the batch has stopped, by
     moving the kept rows forward inside the same buffers (no second copy of the cache);
   * for big calls the decode step runs through torch.compile (dynamic shapes, eager fallback; see
-    model.compiled_decode_layer and SampleConfig.compile);
+    model.compiled_decode_step and SampleConfig.compile);
   * sampling is an exponential race, argmax(p / E) with E ~ Exp(1), which draws exactly from p in one pass;
   * SampleConfig.greedy_first makes row 0 of each prompt's n rows greedy and the others samples, so a greedy
     answer and n - 1 samples share one prefill and one decoding loop (evaluate.py);
