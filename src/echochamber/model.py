@@ -409,7 +409,13 @@ def compiled_decode_step():
     empty and 32 s with it warm, on 2 cores (tracing the step is most of the rest)."""
     global _COMPILED_DECODE
     if _COMPILED_DECODE is None:
-        _COMPILED_DECODE = torch.compile(decode_step, dynamic=True, fullgraph=True)
+        compiled = torch.compile(decode_step, dynamic=True, fullgraph=True)
+
+        def step(*args):
+            with distinct_sizes():  # the sizes it sees at its first call must not be tied (see distinct_sizes)
+                return compiled(*args)
+
+        _COMPILED_DECODE = step
     return _COMPILED_DECODE or decode_step
 
 
@@ -597,8 +603,7 @@ class OLMo(nn.Module):
         args = (tokens, cache.glen, cache.plen, cache.group, cache.slot, cache.n_slots, cache.pk, cache.pv,
                 cache.prompt_bias, cache.k, cache.v, width)
         try:
-            with distinct_sizes() if step is not decode_step else contextlib.nullcontext():
-                logits, k, v = step(self, *args)
+            logits, k, v = step(self, *args)
         except Exception as e:  # compilation unavailable or failed here: decode eagerly from now on
             if step is decode_step:
                 raise

@@ -180,6 +180,7 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = cfg.dtype == "bfloat16"
     compiled = use_compile(cfg, N, device)
+    min_rows = MIN_COMPILED_ROWS if compiled else 1  # dropping stopped rows never shrinks the batch below this
     # Eager on CPU, the cache stays fp32 even under bf16 autocast: single-query attention over a bf16 cache
     # runs slower there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the
     # bytes. Compiled, a bf16 cache ran as fast as an fp32 one on 2 cores (bench/README.md), in half the memory.
@@ -241,11 +242,10 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
                     bar.update(int(limit.clamp(max=t + 1).sum()) - bar.n)  # an upper bound until the end
                 if live == 0:
                     break
-                smallest = MIN_COMPILED_ROWS if compiled else 1
-                if len(rows) - live >= COMPACT_FRACTION * len(rows) and max(live, smallest) < len(rows):
+                if len(rows) - live >= COMPACT_FRACTION * len(rows) and max(live, min_rows) < len(rows):
                     keep = (~stopped).nonzero()[:, 0]
-                    if len(keep) < smallest:  # pad with stopped rows: a compiled step would recompile for one row
-                        keep = torch.cat((keep, stopped.nonzero()[:smallest - len(keep), 0])).sort().values
+                    if len(keep) < min_rows:  # pad with stopped rows: a compiled step would recompile for one row
+                        keep = torch.cat((keep, stopped.nonzero()[:min_rows - len(keep), 0])).sort().values
                     cache.keep(keep, upto=t)  # slots 0..t-1 hold keys so far
                     rows, tok, stopped, row_limit = rows[keep], tok[keep], stopped[keep], row_limit[keep]
                     greedy = None if greedy is None else greedy[keep]
