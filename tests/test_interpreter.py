@@ -1,8 +1,8 @@
 """The interpreter in the loop (interpreter.py): it equals the plain sampler where no code is written, the output
 it inserts is the sandbox's, and RL gives the inserted tokens no loss. Plus the sampler's stop sequences.
 
-A tiny tokenizer and model are trained here in a few seconds to memorise two documents: an OpenMathInstruct-1
-solution whose output block is WRONG (the code computes 42, the document says 99), so that an inserted output
+A tiny tokenizer and model are trained here, in a few seconds, until greedy decoding reproduces two documents: an
+OpenMathInstruct-1 solution whose output block is WRONG (the code computes 42, the document says 99), so that an inserted output
 can only be the sandbox's, and a prose solution with no code at all.
 """
 
@@ -41,11 +41,7 @@ def tok():
 @pytest.fixture(scope="module")
 def model(tok):
     """A tiny model that has memorised both documents (greedy decoding reproduces them)."""
-    m = memorise([CODE_DOC, TEXT_DOC], tok, max_seq_len=192, steps=150)
-    greedy = generate(m, [tok.encode(CODE_Q), tok.encode(TEXT_Q)], SampleConfig(max_new_tokens=150, temperature=0),
-                      eos_id=tok.eos_id, seed=0)
-    assert [tok.decode(g.tokens[:-1]) for g in greedy] == [CODE_DOC[len(CODE_Q):], TEXT_DOC[len(TEXT_Q):]]
-    return m
+    return memorise([CODE_DOC, TEXT_DOC], [CODE_Q, TEXT_Q], tok, max_seq_len=192)
 
 
 def test_output_block_is_the_documents_layout():

@@ -79,12 +79,12 @@ def test_greedy_first_with_the_interpreter_is_an_error(peaked_model):
 
 @pytest.fixture(scope="module")
 def memorised():
-    """(model, tokenizer, problems): a tiny model trained for a few seconds on three synthetic problems' documents,
-    one per format, so that its greedy answers come in all three formats; three unseen problems besides."""
+    """(model, tokenizer, problems): a tiny model trained, for a few seconds, until it reproduces three synthetic
+    problems' documents, one per format, so that its greedy answers come in all three formats; three unseen problems besides."""
     problems = synthetic.generate("train", 6)
     docs = [p.question + SEPARATOR + synthetic.render_solution(p, f) for p, f in zip(problems, FORMATS)]
     tok = train_tokenizer(docs * 10, vocab_size=600)
-    model = memorise(docs, tok, max_seq_len=384, steps=200)
+    model = memorise(docs, [p.question for p in problems[:3]], tok, max_seq_len=384)
     return model, tok, [p.to_problem() for p in problems]
 
 
