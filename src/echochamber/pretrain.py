@@ -208,7 +208,8 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
         if step % pcfg.log_every == 0 or step == pcfg.max_steps:
             now = time.perf_counter()
             record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm,
-                      "tokens": next_row * train.seq_len, "tokens_per_s": tokens_since / (now - t_last)}
+                      "tokens": next_row * train.seq_len, "tokens_per_s": tokens_since / (now - t_last),
+                      "threads": torch.get_num_threads()}  # (cpu.rebalance may change it between steps)
             t_last, tokens_since = now, 0
         if step % pcfg.eval_every == 0 or step == pcfg.max_steps:
             record = record or {"step": step, "loss": loss_val, "lr": lr}

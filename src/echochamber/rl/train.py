@@ -250,7 +250,8 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
 
         if ctx.is_main:
             record = {"step": step, **rollout_stats(rows, scfg.n), **upd, "time/generation": roll.seconds_generate,
-                      "time/reward": roll.seconds_grade, "time/advantages": t2 - t1, "time/update": t3 - t2}
+                      "time/reward": roll.seconds_grade, "time/advantages": t2 - t1, "time/update": t3 - t2,
+                      "threads": torch.get_num_threads()}  # (cpu.rebalance may change it between steps)
             append_jsonl(metrics_path, record)
             for k, v in record.items():
                 if k != "step" and v is not None:
