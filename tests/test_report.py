@@ -13,7 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from echochamber.report import FIGURES, _eval_series, _pick, _spread, load_run, write_report
+from echochamber.report import (FIGURES, _eval_series, _pick, _spread, fig_format_shares_eval, fig_training,
+                                load_run, write_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('pwned')</script>"
@@ -27,12 +28,12 @@ def shares_at(t: float) -> dict[str, float]:
 
 
 def make_run(root: Path, name: str, kl_coef: float, gain: float, *, evals: bool = True, rollouts: bool = True,
-             summary: bool = True, nested_summary: bool = False) -> Path:
+             summary: bool = True, nested_summary: bool = False, algo: str = "grpo") -> Path:
     """Write a fake RL run folder: metrics.jsonl, rollouts, eval json + greedy jsonl, summary, config, metadata."""
     run = root / name
     run.mkdir(parents=True)
     rng = np.random.default_rng(len(name))
-    config = {"seed": 7, "rl": {"algo": "grpo", "kl_coef": kl_coef, "lr": 1e-6}, "model": {"preset": "olmo-tiny"}}
+    config = {"seed": 7, "rl": {"algo": algo, "kl_coef": kl_coef, "lr": 1e-6}, "model": {"preset": "olmo-tiny"}}
     (run / "rl_config.yaml").write_text(yaml.safe_dump(config))
     (run / "rl_run.json").write_text(json.dumps({"stage": "rl", "git_commit": "abc1234+dirty", "time": "2025-01-01",
                                                  "argv": ["echochamber", "rl"], "versions": {"torch": "2.13"},
@@ -197,3 +198,16 @@ def test_sample_picking_helpers():
     rows = [{"i": i, "correct": i >= 4} for i in range(6)]
     assert [r["i"] for r in _pick(rows, 3)] == [4, 0, 5]
     assert [r["i"] for r in _pick(rows[:3], 2)] == [0, 1]
+
+
+def test_step_axis_names_what_the_runs_count(tmp_path):
+    """A GRPO run's axis reads "RL step", an Expert Iteration run's "Expert Iteration round" (its step is a round),
+    and only a figure holding both says both (it read "RL step (Expert Iteration: round)" for every run)."""
+    grpo = load_run(make_run(tmp_path, "grpo", 0.0, 0.3))
+    ei = load_run(make_run(tmp_path, "ei", 0.0, 0.3, algo="ei"))
+    def xlabels(fig):
+        return {ax.get_xlabel() for ax in fig.axes if ax.get_visible() and ax.get_xlabel()}
+    assert xlabels(fig_format_shares_eval([grpo])) == {"RL step"}
+    assert xlabels(fig_format_shares_eval([ei])) == {"Expert Iteration round"}
+    assert xlabels(fig_format_shares_eval([grpo, ei])) == {"RL step", "Expert Iteration round"}  # a panel per run
+    assert xlabels(fig_training([grpo, ei])) == {"RL step (Expert Iteration: round)"}  # both on one panel

@@ -190,9 +190,18 @@ def _missing(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _step_axis(ax) -> None:
-    """x axis of RL steps (call after plotting): whole-number ticks; one tick when there is a single step."""
-    ax.set_xlabel("RL step (Expert Iteration: round)")
+def step_label(runs: list[Run]) -> str:
+    """What the x axis counts for these runs: RL steps, Expert Iteration rounds (its "step" is a round), or both."""
+    algos = {r.config.get("rl", {}).get("algo") for r in runs}
+    if algos == {"ei"}:
+        return "Expert Iteration round"
+    return "RL step (Expert Iteration: round)" if "ei" in algos else "RL step"
+
+
+def _step_axis(ax, runs: list[Run]) -> None:
+    """x axis of the RL steps of `runs` (call after plotting): named for their algorithms (step_label),
+    whole-number ticks; one tick when there is a single step."""
+    ax.set_xlabel(step_label(runs))
     ax.grid(alpha=0.3)
     lo, hi = ax.get_xlim()
     if hi - lo < 2:  # autoscaled around one point: one tick, not -0.04 ... 0.04
@@ -242,7 +251,7 @@ def _label_grid(runs: list[Run], rows: list[tuple[str, Callable[[Run], Series]]]
             ax.set_ylim(0, 1.02)
             if len(steps) > 1:
                 ax.set_xlim(steps.min(), steps.max())
-            _step_axis(ax)
+            _step_axis(ax, [run])
             ax.set_ylabel(f"share of outputs / {overall}" if stacked else "accuracy")
     if not drawn:
         return None
@@ -296,7 +305,7 @@ def fig_pass_at_k(runs: list[Run]) -> Figure | None:
             if not ax.lines:
                 _missing(ax, f"no {key} logged (no samples drawn?)")
                 continue
-            _step_axis(ax)
+            _step_axis(ax, runs)
             ax.set_ylabel("accuracy")
     _legend(fig, [Line2D([], [], color=c, lw=1.8, label=r.name) for r, c in zip(runs, colors) if r.evals])
     return fig
@@ -318,7 +327,7 @@ def fig_training(runs: list[Run]) -> Figure | None:
             if any(key in m for m in run.metrics):
                 _line(ax, _column(run.metrics, lambda m: m.get("step")),
                       _column(run.metrics, lambda m: m.get(key)), run.name, color, lw=1.5)
-        _step_axis(ax)
+        _step_axis(ax, runs)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     _legend(fig, [Line2D([], [], color=c, lw=1.5, label=r.name) for r, c in zip(runs, colors) if r.metrics])
@@ -423,7 +432,7 @@ def fig_within_format(runs: list[Run]) -> Figure | None:
                                                                if name == "invented_output" else ""))
                 continue
             drawn = True
-            _step_axis(ax)
+            _step_axis(ax, runs)
         for ax in axrow[len(panels):]:
             ax.set_visible(False)
     if not drawn:
@@ -461,7 +470,7 @@ def fig_probe(runs: list[Run]) -> Figure | None:
                     _line(ax, steps, _column(probes, lambda p: (p.get(lab) or {}).get(key)), lab, _color(lab),
                           lw=1.6, ls=ls)
             ax.set_ylim(0, 1.02)
-            _step_axis(ax)
+            _step_axis(ax, [run])
             ax.set_ylabel("forced accuracy / unforced share")
     _legend(fig, [Line2D([], [], color=_color(lab), lw=1.6, label=lab) for lab in _ordered(seen)]
             + [Line2D([], [], color="black", lw=1.6, label="forced accuracy"),
@@ -728,7 +737,7 @@ def fig_sweep_format_shares(groups: list[tuple[str, list[Run]]], dataset: str, n
             if len(runs) > 1:
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
         ax.set_ylim(0, 1.02)
-        _step_axis(ax)
+        _step_axis(ax, runs)
         ax.set_ylabel("share / pass@1")
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)

@@ -162,7 +162,7 @@ def fig_kl(groups: list[Group], dataset: str) -> Figure | None:
                                          f"pass@{'/'.join(k)}")):
             ax.set_title(f"{algo or 'all'} · {title}", fontsize=10)
             ax.set_ylim(0, 1.02)
-            _step_axis(ax)
+            _step_axis(ax, [r for _, v, rs in groups if str(v.get("rl.algo", "")) == algo for r in rs])
     _legend(fig, [Line2D([], [], color=f"C{i % 10}", lw=1.8, label=f"kl_coef {c}") for i, c in enumerate(coefs)])
     return fig
 
@@ -238,7 +238,7 @@ def fig_transfer(groups: list[Group], dataset: str) -> Figure | None:
     for ax, title in zip(axes[0], ("greedy pass@1", "share of the winning format (greedy outputs)")):
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.02)
-        _step_axis(ax)
+        _step_axis(ax, runs)
     _legend(fig, [Line2D([], [], color=f"C{i}", lw=1.8, label=ds) for i, ds in enumerate(datasets)])
     return fig
 
