@@ -149,3 +149,25 @@ def test_malformed_and_non_utf8_jsonl_to_grade_are_one_line_naming_file_and_line
         text = str(e.value.code)
         assert f"{path}:2" in text and "\n" not in text, text
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
+
+
+def test_run_record_names_every_package_the_lock_and_the_machine(tmp_path):
+    """rl_run.json names math-verify's version (it read "unknown": the module has no __version__), every installed
+    package, where they differ from the lock file, the CPU's kernels and the thread count."""
+    from importlib import metadata
+
+    from echochamber.runio import lock_differences
+
+    meta = write_run_metadata(tmp_path, load_run_config("smoke"), "rl")
+    assert meta == json.loads((tmp_path / "rl_run.json").read_text())
+    assert meta["versions"]["math-verify"] == metadata.version("math-verify") != "unknown"
+    assert meta["packages"]["torch"] == torch.__version__ and meta["packages"]["numpy"] == metadata.version("numpy")
+    assert meta["machine"]["threads"] == torch.get_num_threads() >= 1
+    assert meta["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    lock = tmp_path / "constraints.txt"
+    lock.write_text(f"# a comment\nNumPy=={metadata.version('numpy')}\ntorch==2.0.1\nno-such-package==1.0\n")
+    assert lock_differences(meta["packages"], lock) == [f"torch {torch.__version__}, lock 2.0.1",
+                                                       "no-such-package not installed, lock 1.0"]
+    lock.write_text(f"torch=={torch.__version__.split('+')[0]}\n")  # a local label (+cpu) is no difference
+    assert lock_differences(meta["packages"], lock) == []
+    assert lock_differences(meta["packages"], tmp_path / "absent.txt") is None

@@ -545,11 +545,32 @@ def _table(runs: list[Run]) -> str:
     return f"<table><tr><th></th>{head}</tr>{body}</table>"
 
 
+def _machine_line(m: dict | None) -> str | None:
+    """rl_run.json's machine record in one line: where the run's rounding came from."""
+    if not m:
+        return None
+    return (f"{m.get('cpu') or 'unknown CPU'} ({', '.join(m.get('cpu_flags') or []) or 'no AVX2'}; torch CPU kernels "
+            f"{m.get('torch_cpu_capability')}){'; ' + m['cuda'] if m.get('cuda') else ''}; {m.get('threads')} threads")
+
+
+def _lock_line(meta: dict) -> str | None:
+    if "lock_differences" not in meta:
+        return None  # recorded before runs named their packages
+    diff = meta["lock_differences"]
+    n = len(meta.get("packages", {}))
+    if diff is None:
+        return f"{n} installed; no constraints.txt to compare with"
+    return (f"{n} installed, as constraints.txt pins them" if not diff else
+            f"{n} installed; differ from constraints.txt: {'; '.join(diff)}")
+
+
 def _run_card(run: Run) -> str:
     meta = run.meta
     facts = [("folder", str(run.path)), ("git commit", meta.get("git_commit")), ("started", meta.get("time")),
              ("command", " ".join(map(str, meta.get("argv", []))) or None),
-             ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) or None)]
+             ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) or None),
+             ("machine", _machine_line(meta.get("machine"))),
+             ("packages", _lock_line(meta))]
     lis = "".join(f"<li><b>{k}</b>: {html.escape(str(v))}</li>" for k, v in facts if v)
     lis += "".join(f"<li class=miss>missing: {html.escape(m)}</li>" for m in run.missing)
     conf = yaml.safe_dump(run.config, sort_keys=False)

@@ -140,28 +140,88 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return None
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("echochamber", "torch", "tokenizers", "safetensors", "numpy", "math_verify", "transformers"):
-        mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = __import__(name)
-            except Exception:
-                continue
-        out[name] = getattr(mod, "__version__", "unknown")
+KEY_PACKAGES = ("echochamber", "torch", "tokenizers", "safetensors", "numpy", "math-verify", "transformers")
+LOCK_FILE = Path(__file__).resolve().parents[2] / "constraints.txt"  # the checkout's lock (absent in a wheel install)
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution, {normalised name: version}: what a run's numbers may depend on."""
+    from importlib import metadata
+
+    return dict(sorted((_normalise(d.metadata["Name"]), d.version) for d in metadata.distributions()
+                       if d.metadata["Name"]))
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def versions(packages: dict[str, str] | None = None) -> dict[str, str]:
+    """Python, the platform and the versions of the packages the numbers depend on most (distribution metadata,
+    so a module without __version__, e.g. math_verify, is still named)."""
+    packages = installed_packages() if packages is None else packages
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            **{name: packages[name] for name in KEY_PACKAGES if name in packages}}
+
+
+def lock_differences(packages: dict[str, str], lock_file: Path = LOCK_FILE) -> list[str] | None:
+    """Where the installed packages differ from the lock file that install.sh installs (constraints.txt:
+    name==version lines): ["numpy 2.4.6, lock 2.4.5", "regex not installed, lock 2026.11.24", ...]; [] when they
+    agree; None when there is no lock file (an install from a wheel). Local labels (2.13.0+cpu) are ignored."""
+    if not lock_file.exists():
+        return None
+    out = []
+    for line in lock_file.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" not in line:
+            continue
+        name, _, want = (part.strip() for part in line.partition("=="))
+        have = packages.get(_normalise(name))
+        if have is None:
+            out.append(f"{name} not installed, lock {want}")
+        elif have.split("+")[0] != want.split("+")[0]:
+            out.append(f"{name} {have}, lock {want}")
     return out
 
 
+def machine() -> dict:
+    """What decides which kernels run, and so the rounding: the CPU model, the instruction sets torch and oneDNN
+    can use (bf16 matmuls on a CPU with AMX or AVX512_BF16 round differently from one without), the torch
+    threads and the thread settings of the environment."""
+    import torch
+
+    cpu, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu is None:
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux
+        cpu = platform.processor() or None
+    isa = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": [f for f in isa if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads(),
+            "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "ECHOCHAMBER_JOBS", "ECHOCHAMBER_THREADS",
+                                                      "OMP_WAIT_POLICY") if k in os.environ}}
+
+
 def write_run_metadata(run_dir: str | Path, config: Any, stage: str) -> dict:
-    """Record what reproduces this stage: the resolved config, versions, git commit and command line."""
+    """Record what reproduces this stage: the resolved config, the git commit and command line, every installed
+    package's version (and where they differ from the lock file), the CPU's kernels and the thread count."""
     run_dir = Path(run_dir)
     meta = {
         "stage": stage,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv,
         "git_commit": git_commit(),
-        "versions": versions(),
+        "versions": versions(packages := installed_packages()),
+        "lock_differences": lock_differences(packages),
+        "machine": machine(),
+        "packages": packages,
         "config": to_dict(config),
     }
     atomic_write_json(run_dir / f"{stage}_run.json", meta)
