@@ -171,3 +171,22 @@ def test_run_record_names_every_package_the_lock_and_the_machine(tmp_path):
     lock.write_text(f"torch=={torch.__version__.split('+')[0]}\n")  # a local label (+cpu) is no difference
     assert lock_differences(meta["packages"], lock) == []
     assert lock_differences(meta["packages"], tmp_path / "absent.txt") is None
+
+
+def test_every_dependency_is_in_the_lock_file():
+    """install.sh installs with -c constraints.txt: a dependency added to pyproject.toml without a locked version
+    would resolve to whatever is newest on the day of the install (what made a fresh clone's quickstart differ)."""
+    import re
+    import tomllib
+
+    from echochamber.runio import LOCK_FILE, _normalise
+
+    if not LOCK_FILE.exists():
+        pytest.skip("not a checkout (no constraints.txt beside src/)")
+    project = tomllib.loads((LOCK_FILE.parent / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    locked = {_normalise(line.split("==")[0]) for line in LOCK_FILE.read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    names = {_normalise(re.match(r"[A-Za-z0-9_.\-]+", req).group()) for req in wanted
+             if "sys_platform == 'linux'" not in req or sys.platform == "linux"}
+    assert names - locked == set()

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runio import atomic_write_json
+from .runio import atomic_write_json, installed_packages, lock_differences
 
 
 def quickstart(out_dir: str = "runs/quickstart", config: str = "quickstart", overrides: list[str] = (),
@@ -26,6 +26,11 @@ def quickstart(out_dir: str = "runs/quickstart", config: str = "quickstart", ove
     from .rl.train import format_summary, run_rl
 
     cfg = load_run_config(config, [f"out_dir={out_dir}", *overrides])
+    differ = lock_differences(installed_packages())
+    if differ:  # the README's figures were measured with the locked versions: say why these may not match them
+        print(f"quickstart: installed packages differ from constraints.txt ({'; '.join(differ[:4])}"
+              f"{'; ...' if len(differ) > 4 else ''}): the README's figures need ./install.sh's versions",
+              file=sys.stderr)
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
     timings = {}
