@@ -16,7 +16,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from echochamber import sweep
-from echochamber.cli import build_parser
+from echochamber.cli import build_parser, main
 from echochamber.report import _eval_series, fig_sweep_format_shares, load_run, seed_band, write_sweep_report
 from echochamber.sweep import SweepError, cell_name, expand_grid, group_over_seeds, parse_grid, plan_cells, split_values
 
@@ -120,6 +120,92 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert not (out / "pretrained").exists()  # rl.init given: nothing to pretrain
     assert "<td>failed: FileNotFoundError" in (out / "report.html").read_text()
     assert capsys.readouterr().out.count(": FAILED: FileNotFoundError") == 2
+
+
+# ------------------------------------------------------------------------------------------------- dry run
+def snapshot(root: Path) -> dict[str, int]:
+    """Every path under root (folders too) with its modification time: a dry run must change none of it."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_dry_run_prints_every_cell_and_an_estimate_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    (tmp_path / "elsewhere.txt").write_text("a file the dry run must leave alone")
+    before = snapshot(tmp_path)
+    main(["sweep", "--config", "smoke", "--grid", "rl.kl_coef=0,0.001", "--grid", "seed=0,1", "--out", str(out),
+          "--dry-run"])  # returns: exit status 0
+    printed = capsys.readouterr().out
+    assert not out.exists() and snapshot(tmp_path) == before  # not even the sweep folder
+    cells = plan_cells("smoke", parse_grid(["rl.kl_coef=0,0.001", "seed=0,1"]), [], out)
+    for i, cell in enumerate(cells):
+        block = printed.split(f"[cell {i + 1}/4] {cell.name}\n")[1].split("\n[cell")[0]
+        other = next(c.name for c in cells if c.pretrain_dir == cell.pretrain_dir and c is not cell)
+        assert f"  overrides   rl.kl_coef={cell.cfg.rl.kl_coef}, seed={cell.cfg.seed}" in block
+        assert f"  pretrained  pretrained/{cell.pretrain_dir.name}: not started; shared with {other}" in block
+        assert f"  RL          cells/{cell.name}/rl: not started" in block
+        assert "  time left   " in block and "timed now" in block and "RL at most " in block
+    # The shared pretraining is counted at the first of its two cells only.
+    assert printed.count("pretraining 0 here (the shared model is counted at the first cell that uses it)") == 2
+    assert "time left in all: " in printed and "optimizer step, 16 x 128 tokens" in printed
+    assert "decoding, 8 prompts x 4 rows" in printed and "upper bounds" in printed
+
+
+def test_dry_run_of_a_bad_grid_fails_like_the_sweep(tmp_path):
+    out = tmp_path / "sweep"
+    for extra in ([], ["--dry-run"]):
+        with pytest.raises(SystemExit) as e:
+            main(["sweep", "--config", "smoke", "--grid", "seed=x,1", "--grid", "rl.lr", "--out", str(out), *extra])
+        assert str(e.value.code).splitlines() == [
+            "sweep: --grid 'rl.lr': expected KEY=V1,V2,..., e.g. --grid rl.kl_coef=0,0.001"]
+        with pytest.raises(SystemExit) as e:
+            main(["sweep", "--config", "smoke", "--grid", "seed=x,1", "--out", str(out), *extra])
+        assert str(e.value.code).splitlines() == ["sweep: --grid seed=x: smoke.seed: expected an integer, got 'x'"]
+    assert not out.exists()
+
+
+def fake_finished_cell(out: Path, cell, step_seconds: dict[str, float], wall: float, eval_steps: list[int]) -> None:
+    """The files a finished cell leaves that the dry run reads: its shared dataset and pretrained model, and its RL
+    run's summary.json, metrics.jsonl (time/* per step) and eval/step_N.json."""
+    (cell.data_dir / "manifest.json").parent.mkdir(parents=True, exist_ok=True)
+    (cell.data_dir / "manifest.json").write_text(json.dumps({"vocab_size": 512, "caches": {}}))
+    (cell.pretrain_dir / "model").mkdir(parents=True, exist_ok=True)
+    rl = cell.out / "rl"
+    (rl / "eval").mkdir(parents=True)
+    for step in eval_steps:
+        (rl / "eval" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "datasets": {}}))
+    (rl / "metrics.jsonl").write_text("".join(json.dumps({"step": s, **{f"time/{k}": v for k, v in step_seconds.items()}})
+                                              + "\n" for s in range(1, cell.cfg.rl.steps + 1)))
+    (rl / "summary.json").write_text(json.dumps({
+        "dataset": "synthetic_test", "pass1_before": 0.25, "pass1_after": 0.5, "wall_seconds": wall,
+        "format_share_before": {"text": 1.0}, "format_share_after": {"omi1": 0.75, "text": 0.25}}))
+
+
+def test_dry_run_reports_what_finished_and_times_the_rest_from_its_records(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    grid = ["--grid", "rl.seed=0,1,2"]
+    done, fresh, stopped = plan_cells("smoke", parse_grid(["rl.seed=0,1,2"]), [], out)
+    # rl.seed=0 finished: 3 steps of 4 s and 3 evaluations in 50 s, so 38 s of evaluations, 12.7 s each
+    fake_finished_cell(out, done, {"generation": 2.0, "reward": 1.0, "advantages": 0.5, "update": 0.5}, 50.0,
+                       [0, 2, 3])
+    (stopped.out / "rl" / "checkpoints").mkdir(parents=True)  # rl.seed=2 stopped after its step-2 checkpoint
+    (stopped.out / "rl" / "checkpoints" / "latest.json").write_text(json.dumps({"step": 2, "path": "step_000002"}))
+    before = snapshot(tmp_path)
+    main(["sweep", "--config", "smoke", *grid, "--out", str(out), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert snapshot(tmp_path) == before
+    key = done.pretrain_dir.name
+    assert f"  dataset     data/{done.data_dir.name}: built" in printed
+    assert f"  pretrained  pretrained/{key}: finished (model/); shared with rl.seed=1, rl.seed=2" in printed
+    assert ("  RL          cells/rl.seed=0/rl: finished (summary.json) (pass@1 25.0% -> 50.0%, formats text 100% -> "
+            "omi1 75%, text 25%, RL 0.8 min)") in printed
+    assert "  time left   0 s: pretraining 0 (finished); RL 0 (finished)" in printed
+    # The cells that differ from it only in their seed take its times: 3 x 4 s + 3 x 12.7 s
+    assert "  RL          cells/rl.seed=1/rl: not started" in printed
+    assert "RL 50 s (3 steps x 4 s + 3 evaluations, 38 s in all; recorded in cells/rl.seed=0/rl)" in printed
+    assert "  RL          cells/rl.seed=2/rl: stopped after step 2 of 3 (checkpoints/latest.json)" in printed
+    assert "RL 17 s (1 steps x 4 s + 1 evaluations, 13 s in all; recorded in cells/rl.seed=0/rl)" in printed
+    assert "time left in all: 1.1 min = pretraining 0 s (each shared model once) + RL 1.1 min" in printed
+    assert "timed now" not in printed  # everything came from the records
 
 
 # ------------------------------------------------------------------------------------------------- the report

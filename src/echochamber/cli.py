@@ -33,6 +33,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "and exit")
 
 
+def _add_sweep_dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every cell (name, overrides, the pretrained model it shares and with which cells, "
+                        "what --out already holds: dataset built, pretraining and RL finished or their last "
+                        "checkpoint's step) and the wall time still to run per cell and in total (from the times "
+                        "--out recorded, else a few seconds of timing here; RL as an upper bound), then exit "
+                        "without writing anything")
+
+
 def _add_resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume a run folder whose recorded config differs (the recorded config is updated)")
@@ -166,9 +175,12 @@ def cmd_quickstart(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .sweep import SweepError, run_sweep
+    from .sweep import SweepError, dry_run, run_sweep
 
     try:
+        if args.dry_run:
+            print(dry_run(args.config, args.grid, args.overrides, args.out))
+            return
         cells = run_sweep(args.config, args.grid, args.overrides, args.out)
     except SweepError as e:  # every bad cell or grid argument, one line each, before anything ran
         sys.exit("\n".join(f"sweep: {line}" for line in str(e).splitlines()))
@@ -177,7 +189,7 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_study(args) -> None:
-    from .studies import STUDIES, describe, run_study
+    from .studies import STUDIES, describe, dry_run_study, run_study
     from .sweep import SweepError
 
     if args.name == "list":
@@ -188,6 +200,9 @@ def cmd_study(args) -> None:
     if not args.out:
         sys.exit("study: --out DIR is required (the study's sweep folder; rerun the same command to resume)")
     try:
+        if args.dry_run:
+            print(dry_run_study(args.name, args.out, args.overrides, config=args.config))
+            return
         summary = run_study(args.name, args.out, args.overrides, config=args.config)
     except SweepError as e:
         sys.exit("\n".join(f"study: {line}" for line in str(e).splitlines()))
@@ -282,8 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resume_args(p)
     p.set_defaults(fn=cmd_quickstart)
 
-    p = sub.add_parser("sweep", help="run a grid of configs one at a time, sharing pretraining; sweep.json + report")
+    # conflict_handler "resolve": the --dry-run of _add_config_args describes a stage's plan; a sweep's is its own
+    p = sub.add_parser("sweep", help="run a grid of configs one at a time, sharing pretraining; sweep.json + report",
+                       conflict_handler="resolve")
     _add_config_args(p)
+    _add_sweep_dry_run(p)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a grid axis; repeat for more (the grid is their cartesian product)")
     p.add_argument("--out", required=True, help="sweep folder: sweep.json, report.html, cells/, pretrained/")
@@ -295,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the study's folder (a sweep folder plus study.json and report.html)")
     p.add_argument("--config", help="replace the study's base config (for quick looks and tests)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every cell")
+    _add_sweep_dry_run(p)
     p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser("export-hf", help="write a model folder as a Hugging Face OlmoForCausalLM folder")

@@ -107,6 +107,11 @@ def model_numbers(model_cfg: ModelConfig, vocab_size: int) -> ModelNumbers:
     return ModelNumbers(config, params, params - embedding + (embedding if config.tie_embeddings else 0))
 
 
+def run_model_config(cfg) -> ModelConfig:
+    """The model a run trains: cfg.model resolved at the vocabulary the run will have (see _vocab)."""
+    return cfg.model.resolve(vocab_size=_vocab(cfg)[0])
+
+
 def _vocab(cfg) -> tuple[int, str]:
     """The vocabulary the run will have, and where that number comes from."""
     from .data import load_manifest
@@ -223,22 +228,29 @@ def _prompt_tokens(cfg, problems) -> tuple[float, str]:
     return sum(len(p.question) for p in problems) / len(problems) / 4, "characters / 4: no tokenizer here yet"
 
 
-def rl_plan(cfg) -> str:
+def train_prompts(cfg, n: int | None = None) -> tuple[int, float, str]:
+    """(how many prompts RL draws from, their mean length in tokens, where that length comes from), from the first
+    n problems of rl.train_source (default: rl.train_problems of them); 100 tokens assumed where the source
+    cannot be read here."""
     from .tasks import load_problems
 
+    r = cfg.rl
+    source, _, split = r.train_source.partition(":")
+    try:
+        problems = load_problems(source, split or "train", n=(r.train_problems if n is None else n) or None,
+                                 **({"cfg": cfg.data.synthetic} if source == "synthetic" else
+                                    {"data_dir": cfg.eval.data_path} if cfg.eval.data_path else {}))
+        return len(problems), *_prompt_tokens(cfg, problems)
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        return r.train_problems, 100.0, f"assumed ({e})"
+
+
+def rl_plan(cfg) -> str:
     r = cfg.rl
     world, world_src = _world_size()
     vocab, vocab_src = _vocab(cfg)
     m = model_numbers(cfg.model, vocab)
-    source, _, split = r.train_source.partition(":")
-    try:
-        problems = load_problems(source, split or "train", n=r.train_problems or None,
-                                 **({"cfg": cfg.data.synthetic} if source == "synthetic" else
-                                    {"data_dir": cfg.eval.data_path} if cfg.eval.data_path else {}))
-        n_prompts = len(problems)
-        prompt, prompt_src = _prompt_tokens(cfg, problems)
-    except (FileNotFoundError, ImportError, ValueError) as e:
-        problems, n_prompts, prompt, prompt_src = None, r.train_problems, 100.0, f"assumed ({e})"
+    n_prompts, prompt, prompt_src = train_prompts(cfg)
     rollout = r.prompts_per_step * r.samples_per_prompt
     seq = prompt + r.max_new_tokens
     tokens_step = rollout * seq  # upper bound: every response runs to max_new_tokens
@@ -317,6 +329,209 @@ def data_plan(cfg) -> str:
         rows.append((f"source {s.name}", f"{s.kind} {where}, x{s.repeat}; {status}"))
     rows.append(("rows", f"{d.seq_len} tokens + 1; {d.val_fraction:.1%} of each source's documents held out"))
     return f"plan: data {d.mixture or 'the listed sources'} -> {Path(cfg.out_dir) / 'data'}\n" + _rows(rows)
+
+
+# ----------------------------------------------------------------------------- wall time on this machine
+
+MEASURE_FLOPS = 3e12  # the largest piece of work Stopwatch times (about 10 s on 2 cores); above it: not timed
+MEASURE_SAMPLE = 256  # training prompts the estimate's mean prompt length is taken over
+
+
+class Stopwatch:
+    """Short in-memory timings of a freshly initialised model on this machine, for a sweep's dry run: an optimizer
+    step and the sampler's decode step, each shape timed once (a few seconds for the quickstart model), nothing
+    written. Work above MEASURE_FLOPS is not timed (None): a large model would take minutes here."""
+
+    def __init__(self, device: str = "auto"):
+        import torch
+
+        use_gpu = device in ("auto", "cuda") and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.machine = f"{torch.cuda.get_device_name()}" if use_gpu else f"cpu, {torch.get_num_threads()} threads"
+        self.timed: dict[tuple, float | None] = {}
+        self.notes: list[str] = []  # one line per timing, what was timed and its result
+
+    def _seconds(self, fn) -> float:
+        import time
+
+        import torch
+
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    def _model(self, model_cfg: ModelConfig) -> OLMo:
+        import torch
+
+        torch.manual_seed(0)
+        return OLMo(model_cfg).to(self.device)
+
+    def train_step(self, model_cfg: ModelConfig, rows: int, seq_len: int, autocast: str) -> float | None:
+        """Seconds of one optimizer step (forward, backward, AdamW, under `autocast`) on rows x seq_len random
+        tokens: the second of two steps, the first paying the one-off allocations. model_cfg: resolved."""
+        import dataclasses
+
+        key = ("train", dataclasses.astuple(model_cfg), rows, seq_len, autocast)
+        flops = model_numbers(model_cfg, model_cfg.vocab_size).flops_per_token(seq_len) * rows * seq_len
+        if key not in self.timed:
+            seconds = None if 2 * flops > MEASURE_FLOPS else self._train_step(model_cfg, rows, seq_len, autocast)
+            self.timed[key] = seconds
+            self.notes.append(f"{model_cfg.preset} optimizer step, {rows} x {seq_len} tokens, {autocast}: "
+                              + (f"{seconds:.3g} s" if seconds is not None else f"not timed ({flops:.1e} FLOPs)"))
+        return self.timed[key]
+
+    def _train_step(self, model_cfg: ModelConfig, rows: int, seq_len: int, autocast: str) -> float:
+        import torch
+
+        from .training import autocast_ctx, make_optimizer
+
+        model = self._model(model_cfg).train()
+        opt = make_optimizer(model, 1e-4, 0.1, (0.9, 0.95))
+        batch = torch.randint(0, model_cfg.vocab_size, (rows, seq_len + 1), device=self.device)
+
+        def step():
+            with autocast_ctx(self.device, autocast):
+                loss = -model(batch[:, :-1], batch[:, 1:]).mean()  # pretrain.lm_loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()
+        return self._seconds(step)
+
+    def decode_token(self, model_cfg: ModelConfig, prompts: int, samples: int, context: int,
+                     dtype: str) -> float | None:
+        """Seconds per token sampler.generate decodes for `prompts` distinct prompts x `samples` rows each, with
+        about `context` tokens (prompt + generated) in the cache: (t(12 new tokens) - t(4)) / 8, so the prompts'
+        prefill cancels out. model_cfg: resolved."""
+        import dataclasses
+
+        key = ("decode", dataclasses.astuple(model_cfg), prompts, samples, context, dtype)
+        per_token = model_numbers(model_cfg, model_cfg.vocab_size).flops_per_token(context) / 3  # a forward
+        flops = per_token * (3 * prompts * context + 18 * prompts * samples)  # three prefills, 18 new tokens
+        if key not in self.timed:
+            seconds = None if flops > MEASURE_FLOPS else self._decode_token(model_cfg, prompts, samples, context,
+                                                                             dtype)
+            self.timed[key] = seconds
+            self.notes.append(f"{model_cfg.preset} decoding, {prompts} prompts x {samples} rows at {context} tokens "
+                              f"of context, {dtype}: " + (f"{seconds * 1e3:.3g} ms/token" if seconds is not None
+                                                          else f"not timed ({flops:.1e} FLOPs)"))
+        return self.timed[key]
+
+    def _decode_token(self, model_cfg: ModelConfig, prompts: int, samples: int, context: int, dtype: str) -> float:
+        import torch
+
+        from .sampler import SampleConfig, generate
+
+        model = self._model(model_cfg).eval()
+        plen = max(1, min(context, model_cfg.max_seq_len) - 12)
+        ids = torch.randint(0, model_cfg.vocab_size, (prompts, plen)).tolist()
+
+        def run(new_tokens: int):
+            # eos_id -1 never comes up: every row decodes all its tokens, as the bound assumes
+            scfg = SampleConfig(max_new_tokens=new_tokens, temperature=0.7, n=samples, dtype=dtype, compile="off")
+            return lambda: generate(model, ids, scfg, eos_id=-1, seed=0)
+
+        run(2)()  # one-off allocations
+        return max(0.0, self._seconds(run(12)) - self._seconds(run(4))) / 8
+
+
+def rollout_calls(r, n_prompts: int) -> tuple[int, int, int]:
+    """(sampler calls, prompts per call, samples per prompt) of one RL step's rollout (Expert Iteration: a round,
+    prompts_per_round 0 = all n_prompts); calls hold at most 512 rows unless rl.rollout_chunk_prompts says
+    otherwise (rollout.collect)."""
+    if r.algo == "ei":
+        prompts, n = r.ei.prompts_per_round or n_prompts, r.ei.samples_per_prompt
+    else:
+        prompts, n = r.prompts_per_step, r.samples_per_prompt
+    per_call = min(prompts, r.rollout_chunk_prompts or max(1, 512 // n))
+    return -(-prompts // per_call), per_call, n
+
+
+def eval_calls(e, n_problems: int) -> tuple[int, int, int]:
+    """(sampler calls, prompts per call, rows per prompt) of evaluating one dataset of n_problems: greedy calls of
+    eval.batch_prompts prompts, or with n_samples one call for the greedy answer and the samples together, of
+    8 x batch_prompts // (n_samples + 1) prompts (evaluate.greedy_and_samples). A last, smaller call is counted
+    as a full one."""
+    rows = e.n_samples + 1
+    per_call = min(max(1, 8 * e.batch_prompts // rows) if e.n_samples else e.batch_prompts, max(1, n_problems))
+    return -(-n_problems // per_call), per_call, rows
+
+
+def rl_eval_steps(r) -> list[int]:
+    """The steps after which RL evaluates: 0 (before the first), every eval_every, the last (EI: every round)."""
+    total, every = (r.ei.rounds, 1) if r.algo == "ei" else (r.steps, r.eval_every)
+    return [0] + [s for s in range(1, total + 1) if s % every == 0 or s == total]
+
+
+def _count_problems(cfg, spec: str) -> int:
+    """How many problems an evaluation dataset holds (eval.n_problems 0 = all of them); 0 where it cannot be read
+    here (a hub dataset is not downloaded for an estimate)."""
+    from .tasks import load_problems
+
+    source, _, split = spec.partition(":")
+    if source == "hub":
+        return 0
+    try:
+        return len(load_problems(source, split or "test", **({"cfg": cfg.data.synthetic} if source == "synthetic" else
+                                                              {"data_dir": cfg.eval.data_path} if cfg.eval.data_path
+                                                              else {})))
+    except (FileNotFoundError, ImportError, ValueError):
+        return 0
+
+
+@dataclass
+class RLSeconds:
+    """Upper bounds of one RL step's parts and of an evaluation, in seconds (None: not timed here)."""
+    generation: float | None
+    update: float | None
+    evaluation: dict[int, float | None]  # problems per dataset -> seconds of one evaluation
+
+    @property
+    def step(self) -> float | None:
+        return None if self.generation is None or self.update is None else self.generation + self.update
+
+
+def rl_seconds(cfg, model_cfg: ModelConfig, watch: Stopwatch) -> RLSeconds:
+    """Upper bounds of an RL step and of its evaluations from timings on this machine (Stopwatch):
+
+        step        = generation + update                                   (Expert Iteration: a round)
+        generation  = calls x rl.max_new_tokens x decode(rows per call)     rows: prompts x samples (rollout_calls)
+        update      = rows x (prompt + max_new_tokens) x train(token) x passes
+                      passes: rl.epochs (x2 for PPO's critic) + 1/3 for each forward-only pass (the rollout
+                      policy's log-probs, the reference's with kl_coef > 0); EI: ei.epochs of SFT on every sample
+        evaluation  = sum over eval.datasets of calls x eval.max_new_tokens x decode(rows per call)  (eval_calls)
+
+    decode(rows) is a decoded token's seconds at that batch with the cache filled to prompt + max_new_tokens (the
+    slowest, last token); train(token) an optimizer step's seconds at pretrain.batch_size x data.seq_len over its
+    tokens. Every response is counted at its max_new_tokens: responses that stop at EOS make the real run shorter.
+    Not counted: grading in the sandbox (RL's time/reward), eval.probe's forced passes. model_cfg: resolved."""
+    r, e, p = cfg.rl, cfg.eval, cfg.pretrain
+    n_prompts, prompt, _ = train_prompts(cfg, MEASURE_SAMPLE if r.algo != "ei" or r.ei.prompts_per_round else None)
+    context = int(prompt) + r.max_new_tokens
+    calls, per_call, n = rollout_calls(r, n_prompts)
+    decode = watch.decode_token(model_cfg, per_call, n, context, r.sample_dtype)
+    generation = None if decode is None else calls * r.max_new_tokens * decode
+    step = watch.train_step(model_cfg, p.batch_size, cfg.data.seq_len, r.autocast)
+    passes = r.ei.epochs if r.algo == "ei" else r.epochs * (2 if r.algo == "ppo" else 1) + (1 + (r.kl_coef > 0)) / 3
+    update = None if step is None else \
+        calls * per_call * n * context * step / (p.batch_size * cfg.data.seq_len) * passes
+
+    def evaluation(n_problems: int) -> float | None:
+        seconds = 0.0
+        for spec in e.datasets:
+            e_calls, e_per_call, rows = eval_calls(e, n_problems or _count_problems(cfg, spec))
+            tok = watch.decode_token(model_cfg, e_per_call, rows, int(prompt) + e.max_new_tokens, e.sample_dtype)
+            if tok is None:
+                return None
+            seconds += e_calls * e.max_new_tokens * tok
+        return seconds
+
+    sizes = {e.n_problems, e.n_problems_between or e.n_problems}
+    return RLSeconds(generation, update, {k: evaluation(k) for k in sizes})
 
 
 PLANS = {"data": data_plan, "pretrain": pretrain_plan, "rl": rl_plan}

@@ -43,7 +43,7 @@ from matplotlib.patches import Patch
 from .report import (Run, _color, _embed, _eval_series, _grid, _legend, _ordered, _step_axis,
                      _union, fig_sweep_format_shares, load_run, seed_band, write_sweep_report)
 from .runio import atomic_write_json, git_commit
-from .sweep import group_over_seeds, is_seed_key, run_sweep
+from .sweep import dry_run as sweep_dry_run, group_over_seeds, is_seed_key, run_sweep
 
 Group = tuple[str, dict, list[Run]]  # (name, the group's non-seed grid values, its runs)
 
@@ -391,18 +391,29 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
     return summary
 
 
+def study_sweep(name: str, overrides: list[str] = (), config: str | None = None) -> tuple[str, list[str], list[str]]:
+    """The study's sweep: (config, --grid specs, overrides for every cell)."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
+    study = STUDIES[name]
+    return config or study.config, list(study.grid), [*study.overrides, *overrides]
+
+
+def dry_run_study(name: str, out: str | Path, overrides: list[str] = (), config: str | None = None) -> str:
+    """`study NAME --dry-run`: the study's question, then its sweep's dry run (sweep.dry_run); writes nothing."""
+    return f"study {name}: {STUDIES[name].question}\n" + sweep_dry_run(*study_sweep(name, overrides, config), out,
+                                                                          title=f"study {name}")
+
+
 def run_study(name: str, out: str | Path, overrides: list[str] = (), config: str | None = None,
               progress: bool = True) -> dict:
     """Run (or resume) the study's sweep in OUT, then write OUT/study.json and OUT/report.html."""
-    if name not in STUDIES:
-        raise ValueError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
+    config, grid, overrides = study_sweep(name, overrides, config)
     study, out = STUDIES[name], Path(out)
     t0 = time.perf_counter()
-    entries = run_sweep(config or study.config, list(study.grid), [*study.overrides, *overrides], out,
-                        progress=progress)
+    entries = run_sweep(config, grid, overrides, out, progress=progress)
     previous = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
-    meta = {"config": config or study.config, "grid": list(study.grid), "overrides": [*study.overrides, *overrides],
-            "git_commit": git_commit(),
+    meta = {"config": config, "grid": grid, "overrides": overrides, "git_commit": git_commit(),
             "wall_seconds": previous.get("wall_seconds", 0.0) + time.perf_counter() - t0,
             "invocations": previous.get("invocations", 0) + 1}
     summary = write_study_report(study, out, entries, meta)

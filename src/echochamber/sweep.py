@@ -29,21 +29,32 @@ now is an error, not a silent mix of two experiments.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import re
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
 
 from .config import ConfigError, RunConfig, load_run_config, to_dict
 from .data import build_dataset
+from .evaluate import format_results
+from .model import ModelConfig, config_from_dict
+from .plan import (RLSeconds, Stopwatch, resolve_grad_accum, resolve_pretrain_steps, rl_eval_steps, rl_seconds,
+                   run_model_config)
 from .pretrain import pretrain
 from .report import write_sweep_report
 from .rl.train import run_rl
-from .runio import atomic_write_json, atomic_write_text, flatten
+from .runio import atomic_write_json, atomic_write_text, flatten, read_metrics
 from .training import RunFolderError, exclusive
 
 SUMMARY_FIELDS = ("dataset", "pass1_before", "pass1_after", "format_share_before", "format_share_after")
@@ -248,6 +259,15 @@ def _setting_changes(recorded: dict, requested: dict) -> list[str]:
                   and not (k not in before and k in defaults and now.get(k) == defaults[k]))
 
 
+def resolve_cells(config: str, grid_specs: list[str], overrides: list[str], out: Path) -> list[Cell]:
+    """--grid arguments and overrides -> the cells (plan_cells); every problem at once, one line each."""
+    try:
+        grid = parse_grid(grid_specs)
+    except SweepError as e:  # with the shared overrides' problems too: every mistake in one go
+        raise SweepError("\n".join([str(e), *_config_errors(config, overrides, "config")])) from None
+    return plan_cells(config, grid, overrides, out)
+
+
 def _config_errors(config: str, overrides: list[str], where: str) -> list[str]:
     try:
         load_run_config(config, overrides)
@@ -276,8 +296,54 @@ def _result_line(s: dict) -> str:
             f"-> {top(s['format_share_after'])}, RL {s['wall_seconds'] / 60:.1f} min")
 
 
-def run_cell(cell: Cell, progress: bool = True) -> dict:
-    """Build the shared dataset and pretraining if not there yet, then run (or resume) the cell's RL.
+class EvalPrinter:
+    """While a cell's RL runs, prints each of its evaluations as it lands (rl/eval/step_N.json, written whole after
+    every evaluation) on stdout, one line per dataset (evaluate.format_results: pass@1, pass@k, format shares)
+    prefixed with the cell. The RL loop prints the same table to stderr, but among its progress bars (on a terminal
+    a closing bar's text is left over the `[eval step N]` header) and without the cell's name, and a sweep's stdout
+    held only each cell's first and last line. A thread that reads the folder needs no hook in the RL loop; the
+    last scan runs after RL returns, so every evaluation is printed before the cell's result line."""
+
+    POLL_S = 1.0
+
+    def __init__(self, eval_dir: Path, head: str):
+        self.eval_dir, self.head = eval_dir, head
+        self.printed = self._stamps()  # evaluations an earlier attempt made were printed then
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"eval printer {head}", daemon=True)
+
+    def _stamps(self) -> dict[Path, int]:
+        return {path: path.stat().st_mtime_ns for path in self.eval_dir.glob("step_*.json")}
+
+    def print_new(self) -> None:
+        for path, stamp in sorted(self._stamps().items()):
+            if self.printed.get(path) != stamp:
+                summary = json.loads(path.read_text())
+                for line in format_results(summary).splitlines():  # tqdm.write: around the bars, not into them
+                    tqdm.write(f"{self.head}: eval step {summary['step']}: {line.strip()}", file=sys.stdout)
+                sys.stdout.flush()
+                self.printed[path] = stamp
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            try:
+                self.print_new()
+            except (OSError, ValueError):  # a folder or file caught mid-write: the next look gets it
+                pass
+
+    def __enter__(self) -> "EvalPrinter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.print_new()
+
+
+def run_cell(cell: Cell, progress: bool = True, head: str | None = None) -> dict:
+    """Build the shared dataset and pretraining if not there yet, then run (or resume) the cell's RL, printing its
+    evaluations as they come (EvalPrinter, lines prefixed with `head`, default the cell's name).
     Each stage resumes by itself; a finished pretraining (its model/ folder, which lands in one rename) is not
     even reopened, so cells after the first never touch the shared files."""
     if cell.data_dir is not None:
@@ -286,7 +352,8 @@ def run_cell(cell: Cell, progress: bool = True) -> dict:
         print(f"  pretraining {cell.pretrain_dir.name} (shared by every cell with these data/model/pretrain "
               f"settings and seed)", flush=True)
         pretrain(cell.cfg, cell.pretrain_dir)  # records its config in pretrain_config.yaml
-    return run_rl(cell.cfg, cell.out / "rl", progress=progress)
+    with EvalPrinter(cell.out / "rl" / "eval", head or cell.name):
+        return run_rl(cell.cfg, cell.out / "rl", progress=progress)
 
 
 def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str | Path,
@@ -295,11 +362,7 @@ def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str
     Raises SweepError (before anything runs) for a bad grid or config; a cell that fails is recorded as
     "failed" with its error and the sweep goes on to the next. progress: RL's progress bars."""
     out = Path(out)
-    try:
-        grid = parse_grid(grid_specs)
-    except SweepError as e:  # with the shared overrides' problems too: every mistake in one go
-        raise SweepError("\n".join([str(e), *_config_errors(config, overrides, "config")])) from None
-    cells = plan_cells(config, grid, overrides, out)
+    cells = resolve_cells(config, grid_specs, overrides, out)
     try:
         with exclusive(out):  # two sweeps writing one folder would corrupt it
             return _run_cells(cells, out, progress)
@@ -328,7 +391,7 @@ def _run_cells(cells: list[Cell], out: Path, progress: bool) -> list[dict]:
         entries[i]["status"] = "running"
         atomic_write_json(out / "sweep.json", entries)
         try:
-            summary = run_cell(cell, progress)
+            summary = run_cell(cell, progress, head)
             entries[i] = _entry(cell, out, "done", summary)
             print(f"{head}: {_result_line(summary)}", flush=True)
         except Exception as e:  # noqa: BLE001 - one broken cell must not cost the others; Ctrl-C still stops
@@ -341,3 +404,200 @@ def _run_cells(cells: list[Cell], out: Path, progress: bool) -> list[dict]:
     print(f"sweep: {n - failed}/{n} cells done ({time.perf_counter() - t0:.0f} s this run); "
           f"{out / 'sweep.json'}; report: {report}", flush=True)
     return entries
+
+
+# ------------------------------------------------------------------------------------------------- dry run
+def dry_run(config: str, grid_specs: list[str], overrides: list[str], out: str | Path, title: str = "sweep") -> str:
+    """What a sweep (or a study) would do in OUT, read without writing anything: every cell's name and overrides,
+    the pretrained model it shares and with which cells, what OUT already holds (dataset built; pretraining
+    finished (model/) or its last checkpoint's step; the cell's RL finished (rl/summary.json) or its last
+    checkpoint's step), and the wall time still to run per cell and in total (CellTiming says where each figure
+    comes from; a shared pretraining counts once). A bad grid or config raises SweepError, as run_sweep does."""
+    out = Path(out)
+    cells = resolve_cells(config, grid_specs, overrides, out)
+    timing = CellTiming(cells, out)
+    lines = [f"{title}: dry run of {len(cells)} cell{'s' * (len(cells) != 1)} in {out} (config {config}"
+             + "".join(f" --grid {g}" for g in grid_specs) + "".join(f" {o}" for o in overrides) + ")"]
+    left = {"pretraining": 0.0, "RL": 0.0}
+    unknown, counted = [], set()
+    for i, cell in enumerate(cells):
+        rows = [("overrides", ", ".join(f"{k}={_show(v)}" for k, v in cell.overrides().items()) or "none"),
+                *_stage_rows(cell, cells, out)]
+        cell_left, parts = 0.0, []
+        for stage, (seconds, how) in (("pretraining", _pretrain_left(cell, timing, counted)),
+                                      ("RL", _rl_left(cell, timing))):
+            if seconds is None:
+                unknown.append(f"{cell.name} {stage}")
+            left[stage] += seconds or 0.0
+            cell_left += seconds or 0.0
+            parts.append(f"{stage} {how}")
+        rows.append(("time left", f"{_minutes(cell_left)}: " + "; ".join(parts)))
+        lines += [f"[cell {i + 1}/{len(cells)}] {cell.name}", *(f"  {k:<11} {v}" for k, v in rows)]
+    lines.append(f"time left in all: {_minutes(sum(left.values()))} = pretraining {_minutes(left['pretraining'])} "
+                 f"(each shared model once) + RL {_minutes(left['RL'])}"
+                 + (f"; not estimated: {', '.join(unknown)}" if unknown else ""))
+    if timing.watch.notes:
+        lines.append(f"timed now on this machine ({timing.watch.machine}; other jobs running now slow these down):")
+        lines += [f"  {note}" for note in timing.watch.notes]
+    lines.append("RL times timed now are upper bounds ('at most'): every response is counted at max_new_tokens, "
+                 "but responses stop at EOS. Not counted: dataset builds and the sandbox's grading. Nothing was "
+                 "written.")
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def _records(run: Path) -> list[dict]:
+    return read_metrics(run) if (run / "metrics.jsonl").exists() else []
+
+
+def _checkpoint_step(run: Path) -> int:
+    """The step of a run folder's last complete checkpoint (checkpoints/latest.json); 0 when it has none."""
+    pointer = run / "checkpoints" / "latest.json"
+    return int(json.loads(pointer.read_text())["step"]) if pointer.exists() else 0
+
+
+def _progress(run: Path, finished: str, total: int | None) -> str:
+    """'finished (FILE)' when run/FILE is there, else how far its checkpoints got."""
+    if (run / finished).exists():
+        return f"finished ({finished})"
+    step = _checkpoint_step(run)
+    return f"stopped after step {step} of {total or '?'} (checkpoints/latest.json)" if step else "not started"
+
+
+def _pretrain_steps(cfg: RunConfig) -> int | None:
+    """Optimizer steps of a cell's pretraining; None for one epoch (max_steps 0) over a dataset not built yet."""
+    manifest = Path(cfg.pretrain.data_dir) / "manifest.json"
+    if cfg.pretrain.max_steps or not manifest.exists():
+        return cfg.pretrain.max_steps or None
+    return resolve_pretrain_steps(cfg.pretrain, json.loads(manifest.read_text())["splits"]["train"]["sequences"], 1)
+
+
+def _rl_steps(cfg: RunConfig) -> int:
+    return cfg.rl.ei.rounds if cfg.rl.algo == "ei" else cfg.rl.steps
+
+
+def _stage_rows(cell: Cell, cells: list[Cell], out: Path) -> list[tuple[str, str]]:
+    """The dataset, pretrained model and RL lines of a cell: where each lives and how far it got."""
+    if cell.pretrain_dir is None:
+        data, pre = "none", f"rl.init given: no pretraining (starts from {cell.cfg.rl.init})"
+    else:
+        built = (Path(cell.cfg.pretrain.data_dir) / "manifest.json").exists()
+        data = (f"{cell.data_dir.relative_to(out)}" if cell.data_dir else f"pretrain.data_dir {cell.cfg.pretrain.data_dir}") \
+            + (": built" if built else ": to build")
+        sharing = [c.name for c in cells if c.pretrain_dir == cell.pretrain_dir and c is not cell]
+        pre = (f"{cell.pretrain_dir.relative_to(out)}: "
+               + _progress(cell.pretrain_dir, "model/", _pretrain_steps(cell.cfg))
+               + (f"; shared with {', '.join(sharing)}" if sharing else "; this cell's alone"))
+    summary = cell.out / "rl" / "summary.json"
+    rl = f"{cell.out.relative_to(out)}/rl: " + _progress(cell.out / "rl", "summary.json", _rl_steps(cell.cfg))
+    if summary.exists():
+        rl += f" ({_result_line(json.loads(summary.read_text()))})"
+    return [("dataset", data), ("pretrained", pre), ("RL", rl)]
+
+
+def _pretrain_left(cell: Cell, timing: "CellTiming", counted: set[Path]) -> tuple[float | None, str]:
+    """Seconds of pretraining still to run for this cell (0 when a cell before it runs the shared model), with how
+    that figure was made."""
+    if cell.pretrain_dir is None:
+        return 0.0, "none (rl.init given)"
+    if (cell.pretrain_dir / "model").is_dir():
+        return 0.0, "0 (finished)"
+    if cell.pretrain_dir in counted:
+        return 0.0, "0 here (the shared model is counted at the first cell that uses it)"
+    counted.add(cell.pretrain_dir)
+    total = _pretrain_steps(cell.cfg)
+    step_s, how = timing.pretrain_step(cell)
+    if total is None or step_s is None:
+        return None, "unknown (" + ("one epoch of a dataset not built yet" if total is None else how) + ")"
+    steps = total - _checkpoint_step(cell.pretrain_dir)
+    return steps * step_s, f"{_minutes(steps * step_s)} ({steps} steps x {step_s:.3g} s, {how})"
+
+
+def _rl_left(cell: Cell, timing: "CellTiming") -> tuple[float | None, str]:
+    """Seconds of the cell's RL still to run (steps left x a step + the evaluations still to come), with how."""
+    if (cell.out / "rl" / "summary.json").exists():
+        return 0.0, "0 (finished)"
+    done = _checkpoint_step(cell.out / "rl")
+    step_s, evaluation, how, bound = timing.rl(cell)
+    r, e = cell.cfg.rl, cell.cfg.eval
+    total = _rl_steps(cell.cfg)
+    evals = [s for s in rl_eval_steps(r) if s > done or s == done == 0]
+    sizes = [e.n_problems_between if 0 < s < total and e.n_problems_between else e.n_problems for s in evals]
+    eval_s = [evaluation(n) for n in sizes]
+    if step_s is None or None in eval_s:
+        return None, f"unknown ({how})"
+    seconds = (total - done) * step_s + sum(eval_s)
+    return seconds, (f"{'at most ' * bound}{_minutes(seconds)} ({total - done} steps x {step_s:.3g} s + "
+                     f"{len(evals)} evaluations, {_minutes(sum(eval_s))} in all; {how})")
+
+
+def _without_seeds(settings: dict) -> str:
+    """The key of settings with every seed left out: cells that differ only in seeds run equally fast."""
+    return _key({k: v for k, v in flatten(settings).items() if not is_seed_key(k)})
+
+
+class CellTiming:
+    """Seconds per pretraining step, per RL step and per evaluation of a sweep's cells. Recorded in OUT by a cell
+    with the same settings except seeds where there is one (pretraining: metrics.jsonl's tokens_per_s; RL:
+    metrics.jsonl's time/* per step, and a finished cell's summary.json wall_seconds less its steps for each
+    evaluation), else timed now on this machine (plan.Stopwatch; formulas in plan.rl_seconds), each shape once."""
+
+    def __init__(self, cells: list[Cell], out: Path):
+        self.cells, self.out = cells, out
+        self.watch = Stopwatch(cells[0].cfg.device if cells else "auto")
+        self._rl: dict[str, RLSeconds] = {}
+
+    def _same(self, cell: Cell, sections: tuple[str, ...] | None = None) -> list[Cell]:
+        def part(c: Cell) -> dict:
+            return {s: c.requested[s] for s in sections} if sections else c.requested
+        return [c for c in self.cells if _without_seeds(part(c)) == _without_seeds(part(cell))]
+
+    def pretrain_step(self, cell: Cell) -> tuple[float | None, str]:
+        for run in dict.fromkeys(c.pretrain_dir for c in self._same(cell, ("data", "model", "pretrain"))
+                                 if c.pretrain_dir):
+            recs = [r for r in _records(run) if r.get("tokens_per_s")]
+            if recs:  # tokens / step is the global batch in tokens
+                step_s = float(np.median([r["tokens"] / r["step"] / r["tokens_per_s"] for r in recs]))
+                return step_s, f"recorded in {run.relative_to(self.out)}/metrics.jsonl"
+        p = cell.cfg.pretrain
+        try:
+            accum = resolve_grad_accum(p.batch_size, p.grad_accum, p.global_batch, 1)
+        except ValueError as e:
+            return None, f"not on one process: {e}"
+        step_s = self.watch.train_step(run_model_config(cell.cfg), p.batch_size, cell.cfg.data.seq_len, p.autocast)
+        return (None, "too large to time here") if step_s is None else (step_s * accum, "timed now")
+
+    def rl(self, cell: Cell) -> tuple[float | None, Callable[[int], float | None], str, bool]:
+        """(seconds per RL step, seconds of an evaluation of n problems per dataset, where they come from, whether
+        some are upper bounds timed now)."""
+        same = self._same(cell)
+        steps = {c.name: [sum(r.get(f"time/{k}", 0.0) for k in ("generation", "reward", "advantages", "update"))
+                          for r in _records(c.out / "rl")] for c in same}
+        recorded = [(c, steps[c.name]) for c in same if steps[c.name]]
+        finished = [(c, s) for c, s in recorded if (c.out / "rl" / "summary.json").exists()]
+        step_s = float(np.mean([t for _, s in recorded for t in s])) if recorded else None
+        if finished:
+            c, s = finished[0]
+            wall = json.loads((c.out / "rl" / "summary.json").read_text())["wall_seconds"]
+            per_eval = max(0.0, wall - sum(s)) / max(1, len(list((c.out / "rl" / "eval").glob("step_*.json"))))
+            return step_s, lambda n: per_eval, f"recorded in {c.out.relative_to(self.out)}/rl", False
+        model = self._model(cell)
+        if model is None:
+            return None, lambda n: None, f"rl.init {cell.cfg.rl.init} holds no model_config.json", False
+        key = _key(dataclasses.astuple(model), _without_seeds(cell.requested))
+        bound = self._rl.setdefault(key, rl_seconds(cell.cfg, model, self.watch))
+        if recorded:
+            return step_s, bound.evaluation.get, (f"steps recorded in {recorded[0][0].out.relative_to(self.out)}"
+                                                  f"/rl/metrics.jsonl, evaluations timed now"), True
+        return bound.step, bound.evaluation.get, "timed now", True
+
+    @staticmethod
+    def _model(cell: Cell) -> ModelConfig | None:
+        """The model the cell's RL trains: its pretraining's, or with rl.init the one in that folder."""
+        if cell.pretrain_dir is not None:
+            return run_model_config(cell.cfg)
+        path = Path(cell.cfg.rl.init) / "model_config.json"
+        return config_from_dict(json.loads(path.read_text()), str(path)) if path.exists() else None
