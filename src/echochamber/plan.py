@@ -21,9 +21,13 @@ so the plan and the run cannot disagree about steps or batch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from .model import ModelConfig, OLMo
 
@@ -97,8 +101,6 @@ class ModelNumbers:
 
 def model_numbers(model_cfg: ModelConfig, vocab_size: int) -> ModelNumbers:
     """Parameter counts of the configured model, from an instance on the meta device (no memory)."""
-    import torch
-
     config = model_cfg.resolve(vocab_size=vocab_size)
     with torch.device("meta"):
         model = OLMo(config)
@@ -343,8 +345,6 @@ class Stopwatch:
     written. Work above MEASURE_FLOPS is not timed (None): a large model would take minutes here."""
 
     def __init__(self, device: str = "auto"):
-        import torch
-
         use_gpu = device in ("auto", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.machine = f"{torch.cuda.get_device_name()}" if use_gpu else f"cpu, {torch.get_num_threads()} threads"
@@ -352,10 +352,6 @@ class Stopwatch:
         self.notes: list[str] = []  # one line per timing, what was timed and its result
 
     def _seconds(self, fn) -> float:
-        import time
-
-        import torch
-
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
@@ -364,16 +360,12 @@ class Stopwatch:
         return time.perf_counter() - t0
 
     def _model(self, model_cfg: ModelConfig) -> OLMo:
-        import torch
-
         torch.manual_seed(0)
         return OLMo(model_cfg).to(self.device)
 
     def train_step(self, model_cfg: ModelConfig, rows: int, seq_len: int, autocast: str) -> float | None:
         """Seconds of one optimizer step (forward, backward, AdamW, under `autocast`) on rows x seq_len random
         tokens: the second of two steps, the first paying the one-off allocations. model_cfg: resolved."""
-        import dataclasses
-
         key = ("train", dataclasses.astuple(model_cfg), rows, seq_len, autocast)
         flops = model_numbers(model_cfg, model_cfg.vocab_size).flops_per_token(seq_len) * rows * seq_len
         if key not in self.timed:
@@ -384,8 +376,6 @@ class Stopwatch:
         return self.timed[key]
 
     def _train_step(self, model_cfg: ModelConfig, rows: int, seq_len: int, autocast: str) -> float:
-        import torch
-
         from .training import autocast_ctx, make_optimizer
 
         model = self._model(model_cfg).train()
@@ -407,8 +397,6 @@ class Stopwatch:
         """Seconds per token sampler.generate decodes for `prompts` distinct prompts x `samples` rows each, with
         about `context` tokens (prompt + generated) in the cache: (t(12 new tokens) - t(4)) / 8, so the prompts'
         prefill cancels out. model_cfg: resolved."""
-        import dataclasses
-
         key = ("decode", dataclasses.astuple(model_cfg), prompts, samples, context, dtype)
         per_token = model_numbers(model_cfg, model_cfg.vocab_size).flops_per_token(context) / 3  # a forward
         flops = per_token * (3 * prompts * context + 18 * prompts * samples)  # three prefills, 18 new tokens
@@ -422,8 +410,6 @@ class Stopwatch:
         return self.timed[key]
 
     def _decode_token(self, model_cfg: ModelConfig, prompts: int, samples: int, context: int, dtype: str) -> float:
-        import torch
-
         from .sampler import SampleConfig, generate
 
         model = self._model(model_cfg).eval()

@@ -24,6 +24,10 @@ running the same command again, and finished cells are skipped. The study adds:
 
 Positional KEY=VALUE overrides apply to every cell (`pretrain.max_steps=50` for a quick look; the result is then
 not the study's). `--config` replaces the study's base config (tests use the tiny `smoke` config).
+
+`echochamber study NAME --out DIR --dry-run` prints the study's question and its sweep's dry run (sweep.dry_run:
+every cell, the pretrained model it shares, what DIR already holds, the wall time still to run per cell and in
+total, each figure with its source) and writes nothing.
 """
 
 from __future__ import annotations

@@ -25,6 +25,22 @@ pretrain.data_dir pretrains on that data.
 Rerunning the same command skips finished cells (those with rl/summary.json) and resumes the others from their
 checkpoints: every stage resumes by itself. A cell folder whose recorded config differs from the one asked for
 now is an error, not a silent mix of two experiments.
+
+While it runs, stdout has a line when a cell starts, a line per dataset for each of its evaluations as it lands
+(`[cell 1/4] rl.kl_coef=0: eval step 4: synthetic_test  n=200  pass@1 0.415  pass@4 ...  formats: omi1 0.62 ...`)
+and the cell's result when it ends (pass@1 before -> after, the two leading formats, RL minutes); the progress
+bars and the RL loop's own tables go to stderr.
+
+`--dry-run` runs nothing and writes nothing (not even DIR): it prints every cell (name, overrides as parsed),
+its dataset (built or to build), its pretrained model (DIR/pretrained/<key>: finished, stopped at a checkpoint's
+step, or not started; the other cells sharing it; or "rl.init given: no pretraining"), its RL run (finished, with
+its result line, or its last checkpoint's step), and the wall time still to run, per cell and in total. Each
+figure says where it comes from: times DIR recorded for cells with the same settings except seeds (pretraining's
+metrics.jsonl tokens_per_s; RL's metrics.jsonl time/* per step and a finished cell's summary.json wall_seconds),
+or else a few seconds of timing on this machine (plan.Stopwatch: an optimizer step, and a decoded token at the
+rollout's and the evaluation's batch; the formulas are plan.rl_seconds'), whose RL figures are upper bounds
+(every response counted at max_new_tokens). A shared pretraining counts once. Bad grids and configs fail as in a
+real sweep.
 """
 
 from __future__ import annotations
@@ -416,7 +432,7 @@ def dry_run(config: str, grid_specs: list[str], overrides: list[str], out: str |
     out = Path(out)
     cells = resolve_cells(config, grid_specs, overrides, out)
     timing = CellTiming(cells, out)
-    lines = [f"{title}: dry run of {len(cells)} cell{'s' * (len(cells) != 1)} in {out} (config {config}"
+    lines = [f"{title}: dry run of {_count(len(cells), 'cell')} in {out} (config {config}"
              + "".join(f" --grid {g}" for g in grid_specs) + "".join(f" {o}" for o in overrides) + ")"]
     left = {"pretraining": 0.0, "RL": 0.0}
     unknown, counted = [], set()
@@ -443,6 +459,10 @@ def dry_run(config: str, grid_specs: list[str], overrides: list[str], out: str |
                  "but responses stop at EOS. Not counted: dataset builds and the sandbox's grading. Nothing was "
                  "written.")
     return "\n".join(lines)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
 
 
 def _minutes(seconds: float) -> str:
@@ -484,13 +504,13 @@ def _stage_rows(cell: Cell, cells: list[Cell], out: Path) -> list[tuple[str, str
     if cell.pretrain_dir is None:
         data, pre = "none", f"rl.init given: no pretraining (starts from {cell.cfg.rl.init})"
     else:
-        built = (Path(cell.cfg.pretrain.data_dir) / "manifest.json").exists()
-        data = (f"{cell.data_dir.relative_to(out)}" if cell.data_dir else f"pretrain.data_dir {cell.cfg.pretrain.data_dir}") \
-            + (": built" if built else ": to build")
+        data_dir = Path(cell.cfg.pretrain.data_dir)
+        data = (str(data_dir.relative_to(out)) if cell.data_dir else f"pretrain.data_dir {data_dir}") + \
+            (": built" if (data_dir / "manifest.json").exists() else ": to build")
         sharing = [c.name for c in cells if c.pretrain_dir == cell.pretrain_dir and c is not cell]
         pre = (f"{cell.pretrain_dir.relative_to(out)}: "
                + _progress(cell.pretrain_dir, "model/", _pretrain_steps(cell.cfg))
-               + (f"; shared with {', '.join(sharing)}" if sharing else "; this cell's alone"))
+               + (f"; shared with {', '.join(sharing)}" if sharing else "; used by this cell only"))
     summary = cell.out / "rl" / "summary.json"
     rl = f"{cell.out.relative_to(out)}/rl: " + _progress(cell.out / "rl", "summary.json", _rl_steps(cell.cfg))
     if summary.exists():
@@ -513,7 +533,7 @@ def _pretrain_left(cell: Cell, timing: "CellTiming", counted: set[Path]) -> tupl
     if total is None or step_s is None:
         return None, "unknown (" + ("one epoch of a dataset not built yet" if total is None else how) + ")"
     steps = total - _checkpoint_step(cell.pretrain_dir)
-    return steps * step_s, f"{_minutes(steps * step_s)} ({steps} steps x {step_s:.3g} s, {how})"
+    return steps * step_s, f"{_minutes(steps * step_s)} ({_count(steps, 'step')} x {step_s:.3g} s, {how})"
 
 
 def _rl_left(cell: Cell, timing: "CellTiming") -> tuple[float | None, str]:
@@ -530,8 +550,8 @@ def _rl_left(cell: Cell, timing: "CellTiming") -> tuple[float | None, str]:
     if step_s is None or None in eval_s:
         return None, f"unknown ({how})"
     seconds = (total - done) * step_s + sum(eval_s)
-    return seconds, (f"{'at most ' * bound}{_minutes(seconds)} ({total - done} steps x {step_s:.3g} s + "
-                     f"{len(evals)} evaluations, {_minutes(sum(eval_s))} in all; {how})")
+    return seconds, (f"{'at most ' * bound}{_minutes(seconds)} ({_count(total - done, 'step')} x {step_s:.3g} s + "
+                     f"{_count(len(evals), 'evaluation')}, {_minutes(sum(eval_s))} in all; {how})")
 
 
 def _without_seeds(settings: dict) -> str:
@@ -588,7 +608,9 @@ class CellTiming:
         if model is None:
             return None, lambda n: None, f"rl.init {cell.cfg.rl.init} holds no model_config.json", False
         key = _key(dataclasses.astuple(model), _without_seeds(cell.requested))
-        bound = self._rl.setdefault(key, rl_seconds(cell.cfg, model, self.watch))
+        if key not in self._rl:  # (the Stopwatch times each shape once; this also reads the prompts once)
+            self._rl[key] = rl_seconds(cell.cfg, model, self.watch)
+        bound = self._rl[key]
         if recorded:
             return step_s, bound.evaluation.get, (f"steps recorded in {recorded[0][0].out.relative_to(self.out)}"
                                                   f"/rl/metrics.jsonl, evaluations timed now"), True
