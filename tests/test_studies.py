@@ -72,6 +72,27 @@ def test_every_study_resolves_to_cells(name, tmp_path):
     assert cells and study.question and study.paper
 
 
+def test_a_study_dry_run_prints_its_cells_and_an_estimate_and_writes_nothing(tmp_path, capsys):
+    from echochamber.cli import main
+
+    out = tmp_path / "study"
+    before = sorted(tmp_path.rglob("*"))
+    main(["study", "collapse", "--config", "smoke", "--out", str(out), "--dry-run"])  # returns: exit status 0
+    printed = capsys.readouterr().out
+    assert not out.exists() and sorted(tmp_path.rglob("*")) == before
+    assert printed.startswith(f"study collapse: {STUDIES['collapse'].question}\nstudy collapse: dry run of 3 cells")
+    for i, seed in enumerate((0, 1, 2)):  # a pretraining per seed: nothing shared
+        block = printed.split(f"[cell {i + 1}/3] seed={seed}\n")[1]
+        assert block.startswith(f"  overrides   seed={seed}\n")
+        assert "not started; used by this cell only" in block.split("\n")[2]
+        assert block.split("\n")[4].startswith("  time left   ")
+    assert "time left in all: " in printed and "timed now on this machine" in printed
+    with pytest.raises(SystemExit) as e:  # a bad override: the sweep's one line, prefixed by the study
+        main(["study", "collapse", "rl.nope=1", "--config", "smoke", "--out", str(out), "--dry-run"])
+    assert str(e.value.code).startswith("study: config: ") and "unknown key 'rl.nope'" in str(e.value.code)
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------------------- the report
 def fake_cell(out: Path, name: str, overrides: dict, config: dict, evals: dict[int, dict], wall: float = 60.0) -> dict:
     """A finished cell as the sweep leaves it: DIR/cells/NAME/rl with eval/step_N.json, rl_config.yaml and

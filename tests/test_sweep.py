@@ -173,8 +173,9 @@ def fake_finished_cell(out: Path, cell, step_seconds: dict[str, float], wall: fl
     (rl / "eval").mkdir(parents=True)
     for step in eval_steps:
         (rl / "eval" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "datasets": {}}))
-    (rl / "metrics.jsonl").write_text("".join(json.dumps({"step": s, **{f"time/{k}": v for k, v in step_seconds.items()}})
-                                              + "\n" for s in range(1, cell.cfg.rl.steps + 1)))
+    times = {f"time/{k}": v for k, v in step_seconds.items()}
+    (rl / "metrics.jsonl").write_text("".join(json.dumps({"step": s, **times}) + "\n"
+                                              for s in range(1, cell.cfg.rl.steps + 1)))
     (rl / "summary.json").write_text(json.dumps({
         "dataset": "synthetic_test", "pass1_before": 0.25, "pass1_after": 0.5, "wall_seconds": wall,
         "format_share_before": {"text": 1.0}, "format_share_after": {"omi1": 0.75, "text": 0.25}}))
@@ -203,9 +204,9 @@ def test_dry_run_reports_what_finished_and_times_the_rest_from_its_records(tmp_p
     assert "  RL          cells/rl.seed=1/rl: not started" in printed
     assert "RL 50 s (3 steps x 4 s + 3 evaluations, 38 s in all; recorded in cells/rl.seed=0/rl)" in printed
     assert "  RL          cells/rl.seed=2/rl: stopped after step 2 of 3 (checkpoints/latest.json)" in printed
-    assert "RL 17 s (1 steps x 4 s + 1 evaluations, 13 s in all; recorded in cells/rl.seed=0/rl)" in printed
+    assert "RL 17 s (1 step x 4 s + 1 evaluation, 13 s in all; recorded in cells/rl.seed=0/rl)" in printed
     assert "time left in all: 1.1 min = pretraining 0 s (each shared model once) + RL 1.1 min" in printed
-    assert "timed now" not in printed  # everything came from the records
+    assert "timed now on this machine" not in printed  # everything came from the records
 
 
 # ------------------------------------------------------------------------------------------------- the report
@@ -290,6 +291,13 @@ def test_smoke_sweep_shares_pretraining_skips_finished_cells_and_resumes_a_kille
     stdout = proc.communicate()[0]
     assert not (second / "rl" / "summary.json").exists(), "the second cell finished before it could be killed"
     assert stdout.count("  pretraining ") == 1  # one pretraining for both cells
+    # Every evaluation of the first cell on stdout as it came, named by the cell, then the cell's result line.
+    first_cell = stdout[:stdout.index("[cell 2/2]")].splitlines()
+    evals = [line for line in first_cell if ": eval step " in line]
+    assert [line.split(": ")[:2] for line in evals] == [["[cell 1/2] rl.kl_coef=0", f"eval step {s}"]
+                                                        for s in (0, 2, 3)]
+    assert all("synthetic_test  n=24" in line and "pass@1 " in line and "formats: " in line for line in evals)
+    assert first_cell[-2] == evals[-1] and first_cell[-1].startswith("[cell 1/2] rl.kl_coef=0: pass@1 ")
     status = {c["name"]: c["status"] for c in json.loads((out / "sweep.json").read_text())}
     assert status == {"rl.kl_coef=0": "done", "rl.kl_coef=0.001": "running"}
     (pretrained,) = (out / "pretrained").iterdir()
@@ -308,6 +316,8 @@ def test_smoke_sweep_shares_pretraining_skips_finished_cells_and_resumes_a_kille
     assert calls == {"build_dataset": 1, "pretrain": 0, "run_rl": 1}  # data found complete; RL of cell 2 only
     log = capsys.readouterr().out
     assert "[cell 1/2] rl.kl_coef=0: finished earlier, skipped" in log and "[cell 2/2] rl.kl_coef=0.001: resuming" in log
+    # The resumed cell prints its one new evaluation (those of the killed attempt were printed then).
+    assert [line.split(": ")[1] for line in log.splitlines() if ": eval step " in line] == ["eval step 3"]
     after = mtimes(out)
     for f in before:  # nothing of the finished cell, the shared model or the resumed cell's first steps was redone
         if f.startswith(("cells/rl.kl_coef=0/", "pretrained/")) or f in (
