@@ -347,7 +347,8 @@ class Stopwatch:
     def __init__(self, device: str = "auto"):
         use_gpu = device in ("auto", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.machine = f"{torch.cuda.get_device_name()}" if use_gpu else f"cpu, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        self.machine = torch.cuda.get_device_name() if use_gpu else f"cpu, {threads} thread{'s' * (threads != 1)}"
         self.timed: dict[tuple, float | None] = {}
         self.notes: list[str] = []  # one line per timing, what was timed and its result
 
@@ -509,11 +510,12 @@ def rl_seconds(cfg, model_cfg: ModelConfig, watch: Stopwatch) -> RLSeconds:
     def evaluation(n_problems: int) -> float | None:
         seconds = 0.0
         for spec in e.datasets:
-            e_calls, e_per_call, rows = eval_calls(e, n_problems or _count_problems(cfg, spec))
-            tok = watch.decode_token(model_cfg, e_per_call, rows, int(prompt) + e.max_new_tokens, e.sample_dtype)
+            full = e.n_problems or _count_problems(cfg, spec)
+            _, per_call, rows = eval_calls(e, full)  # a smaller evaluation's calls are counted as full ones
+            tok = watch.decode_token(model_cfg, per_call, rows, int(prompt) + e.max_new_tokens, e.sample_dtype)
             if tok is None:
                 return None
-            seconds += e_calls * e.max_new_tokens * tok
+            seconds += -(-(n_problems or full) // per_call) * e.max_new_tokens * tok
         return seconds
 
     sizes = {e.n_problems, e.n_problems_between or e.n_problems}
