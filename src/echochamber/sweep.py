@@ -51,7 +51,6 @@ import itertools
 import json
 import re
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -312,54 +311,21 @@ def _result_line(s: dict) -> str:
             f"-> {top(s['format_share_after'])}, RL {s['wall_seconds'] / 60:.1f} min")
 
 
-class EvalPrinter:
-    """While a cell's RL runs, prints each of its evaluations as it lands (rl/eval/step_N.json, written whole after
-    every evaluation) on stdout, one line per dataset (evaluate.format_results: pass@1, pass@k, format shares)
-    prefixed with the cell. The RL loop prints the same table to stderr, but among its progress bars (on a terminal
-    a closing bar's text is left over the `[eval step N]` header) and without the cell's name, and a sweep's stdout
-    held only each cell's first and last line. A thread that reads the folder needs no hook in the RL loop; the
-    last scan runs after RL returns, so every evaluation is printed before the cell's result line."""
-
-    POLL_S = 1.0
-
-    def __init__(self, eval_dir: Path, head: str):
-        self.eval_dir, self.head = eval_dir, head
-        self.printed = self._stamps()  # evaluations an earlier attempt made were printed then
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"eval printer {head}", daemon=True)
-
-    def _stamps(self) -> dict[Path, int]:
-        return {path: path.stat().st_mtime_ns for path in self.eval_dir.glob("step_*.json")}
-
-    def print_new(self) -> None:
-        for path, stamp in sorted(self._stamps().items()):
-            if self.printed.get(path) != stamp:
-                summary = json.loads(path.read_text())
-                for line in format_results(summary).splitlines():  # tqdm.write: around the bars, not into them
-                    tqdm.write(f"{self.head}: eval step {summary['step']}: {line.strip()}", file=sys.stdout)
-                sys.stdout.flush()
-                self.printed[path] = stamp
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.POLL_S):
-            try:
-                self.print_new()
-            except (OSError, ValueError):  # a folder or file caught mid-write: the next look gets it
-                pass
-
-    def __enter__(self) -> "EvalPrinter":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.print_new()
+def eval_printer(head: str) -> Callable[[dict], None]:
+    """run_rl's on_eval for a cell: each evaluation's results (evaluate.format_results: pass@1, pass@k, format
+    shares), one line per dataset on stdout, prefixed with the cell, through tqdm.write so that they pass around the
+    progress bars instead of into them. (Without it the loop prints the table to stderr, among the bars and without
+    the cell's name, and a sweep's stdout held only each cell's first and last line.)"""
+    def show(summary: dict) -> None:
+        for line in format_results(summary).splitlines():
+            tqdm.write(f"{head}: eval step {summary['step']}: {line.strip()}", file=sys.stdout)
+        sys.stdout.flush()
+    return show
 
 
 def run_cell(cell: Cell, progress: bool = True, head: str | None = None) -> dict:
     """Build the shared dataset and pretraining if not there yet, then run (or resume) the cell's RL, printing its
-    evaluations as they come (EvalPrinter, lines prefixed with `head`, default the cell's name).
+    evaluations as they come (eval_printer, lines prefixed with `head`, default the cell's name).
     Each stage resumes by itself; a finished pretraining (its model/ folder, which lands in one rename) is not
     even reopened, so cells after the first never touch the shared files."""
     if cell.data_dir is not None:
@@ -368,8 +334,7 @@ def run_cell(cell: Cell, progress: bool = True, head: str | None = None) -> dict
         print(f"  pretraining {cell.pretrain_dir.name} (shared by every cell with these data/model/pretrain "
               f"settings and seed)", flush=True)
         pretrain(cell.cfg, cell.pretrain_dir)  # records its config in pretrain_config.yaml
-    with EvalPrinter(cell.out / "rl" / "eval", head or cell.name):
-        return run_rl(cell.cfg, cell.out / "rl", progress=progress)
+    return run_rl(cell.cfg, cell.out / "rl", progress=progress, on_eval=eval_printer(head or cell.name))
 
 
 def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str | Path,

@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -144,16 +145,23 @@ def build_algorithm(rcfg: RLConfig, model, init_dir: Path, *, pad_id: int, autoc
     return ALGORITHMS[rcfg.algo](rcfg, model, ref, **kw)
 
 
-def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True, allow_config_change: bool = False) -> dict:
+def run_rl(cfg, out_dir: str | Path, *, pool=None, progress: bool = True, allow_config_change: bool = False,
+           on_eval: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) RL described by RunConfig `cfg` into out_dir; returns the summary. Under torchrun every
     process samples and grades its share of each step's prompts (a prompt's samples stay together), the update
-    sums gradients over the processes, evaluation is split and gathered, and rank 0 writes the run folder."""
+    sums gradients over the processes, evaluation is split and gathered, and rank 0 writes the run folder.
+    on_eval: called on rank 0 with each evaluation's summary as it is made (default: its table on stderr)."""
     ctx = dist.init(cfg.device)
     with exclusive(Path(out_dir), enabled=ctx.is_main):
-        return _run_rl(cfg, Path(out_dir), ctx, pool, progress and ctx.is_main, allow_config_change)
+        return _run_rl(cfg, Path(out_dir), ctx, pool, progress and ctx.is_main, allow_config_change, on_eval)
 
 
-def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, allow_config_change: bool) -> dict:
+def _print_eval(summary: dict) -> None:
+    print(f"[eval step {summary['step']}]\n{format_results(summary)}", file=sys.stderr)
+
+
+def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, allow_config_change: bool,
+            on_eval: Callable[[dict], None] | None) -> dict:
     rcfg: RLConfig = cfg.rl
     t_start = time.perf_counter()
     device = ctx.device
@@ -215,7 +223,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
                            extra={"init": fingerprint}, ctx=ctx,
                            n_problems=cfg.eval.n_problems_between if between else None)
         if ctx.is_main:
-            print(f"[eval step {at}]\n{format_results(summary)}", file=sys.stderr)
+            (on_eval or _print_eval)(summary)
         return summary
 
     first_eval = eval_root / "step_000000.json"
