@@ -69,3 +69,17 @@ def test_a_base_chain_that_loops_or_names_nothing_is_an_error(tmp_path):
     (tmp_path / "c.yaml").write_text("base: no_such_config\n")
     with pytest.raises(ConfigError, match="no_such_config"):
         load_run_config(tmp_path / "c.yaml")
+
+
+def test_overrides_may_follow_options_on_the_command_line():
+    """`echochamber study collapse --out DIR pretrain.max_steps=50` failed with "unrecognized arguments": argparse
+    gives a subcommand's KEY=VALUE list only the words before the first option."""
+    from echochamber.cli import parse_args
+
+    args = parse_args(["study", "collapse", "--out", "d", "pretrain.max_steps=50", "seed=1"])
+    assert (args.name, args.out, args.overrides) == ("collapse", "d", ["pretrain.max_steps=50", "seed=1"])
+    args = parse_args(["rl", "rl.steps=2", "--dry-run", "seed=3"])
+    assert args.overrides == ["rl.steps=2", "seed=3"] and args.dry_run
+    for argv in (["rl", "--bogus"], ["rl", "a.b=1", "--dry-run", "stray"], ["grade", "in.jsonl", "--out", "o", "a=b"]):
+        with pytest.raises(SystemExit):  # still errors: an unknown option, a word that is no KEY=VALUE, no overrides
+            parse_args(argv)

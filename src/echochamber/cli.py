@@ -327,12 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with KEY=VALUE overrides allowed after options as well as before them:
+    `echochamber study collapse --out DIR pretrain.max_steps=50`. (argparse fills a subcommand's nargs="*"
+    positional with the words before the first option, and calls any later ones unrecognised.)"""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [word for word in extra if word.startswith("-") or "=" not in word]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     from .cpu import configure, release
 
     configure()  # threads and OpenMP wait policy (ECHOCHAMBER_JOBS), before anything imports torch
     try:
-        run_command(build_parser().parse_args(argv))
+        run_command(parse_args(argv))
     finally:
         release()  # the command is over: a Python session that ran it no longer takes a share of the cores
 
