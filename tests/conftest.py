@@ -110,3 +110,11 @@ def memorise(docs: list[str], questions: list[str], tok, *, max_seq_len: int, ma
             model.train()
     raise AssertionError(f"memorise: {len(docs)} documents not reproduced by greedy decoding with loss <= "
                          f"{max_loss} after {max_steps} steps (loss {loss.item():.4f}, {torch.get_num_threads()} threads)")
+
+
+def without_run_conditions(records: list[dict]) -> list[dict]:
+    """A metrics log without what may differ between two runs with equal results: wall times (time/*), throughput
+    (tokens_per_s) and the thread count (with no thread settings a run shares the cores with the echochamber jobs
+    alive at each step, cpu.rebalance; tests/test_threads.py shows that changes no result)."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k not in ("tokens_per_s", "threads")}
+            for r in records]

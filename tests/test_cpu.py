@@ -112,3 +112,20 @@ def test_an_unwritable_registry_runs_the_job_alone(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], env={**env, "ECHOCHAMBER_JOBS_DIR": str(blocker)},
                          capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["{}", "None"] and "jobs registry" in run.stderr
+
+
+def test_a_thread_count_the_config_pins_is_not_rebalanced(tmp_path):
+    """rl.threads=1 in automatic mode ran its later steps at cores // jobs threads: rebalance took over at the next
+    step. Pinned, rebalance leaves it; pinned to 0 (the configs' default), the automatic split is back."""
+    code = ("from echochamber.cpu import configure, pin_threads, rebalance\n"
+            "configure()\n"
+            "import torch\n"
+            "pin_threads(1)\n"
+            "print(rebalance(force=True), torch.get_num_threads())\n"
+            "pin_threads(0)\n"
+            "print(rebalance(force=True), torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "ECHOCHAMBER_"))}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "ECHOCHAMBER_JOBS_DIR": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    cores = len(os.sched_getaffinity(0))
+    assert out == ["None", "1", str(cores), str(cores)]

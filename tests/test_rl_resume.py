@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import without_run_conditions
+
 PY = [sys.executable, "-m", "echochamber"]
 RL_ARGS = ["rl.algo=ppo", "rl.steps=6", "rl.ckpt_every=2", "rl.eval_every=3", "rl.threads=1",
            "rl.keep_checkpoints=all", "eval.n_samples=0", "eval.n_problems=8"]
@@ -22,8 +24,7 @@ def run(args, **kw):
 
 
 def metric_rows(rl_dir):
-    rows = [json.loads(l) for l in (rl_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # wall times differ
+    return without_run_conditions([json.loads(l) for l in (rl_dir / "metrics.jsonl").read_text().splitlines()])
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import torch
 
 from echochamber.cpu import cores
 
-from conftest import memorise
+from conftest import memorise, without_run_conditions
 
 SMOKE = ["--config", "smoke"]
 PRETRAIN = ["pretrain.max_steps=80", "pretrain.log_every=5", "pretrain.eval_every=40", "pretrain.ckpt_every=40"]
@@ -76,12 +76,6 @@ def with_second_job(first: subprocess.Popen, run: Path, after_step: int, second:
         other.wait(timeout=60)
 
 
-def unchanging(records: list[dict]) -> list[dict]:
-    """A metrics log without what may differ between equal runs: wall times, throughput and the thread count."""
-    return [{k: v for k, v in r.items() if not k.startswith("time/") and k not in ("tokens_per_s", "threads")}
-            for r in records]
-
-
 def assert_saw_both_thread_counts(records: list[dict]) -> None:
     """The run beside a second job really changed threads mid-run: every core before the second job started, half
     of them once it had (on 2 cores: 2, then 1)."""
@@ -110,7 +104,7 @@ def test_pretraining_is_the_same_at_1_and_2_threads_and_beside_a_second_job(smok
     runs = {name: run / "pretrain" for name, run in runs.items()}
     weights = {name: (run / "model" / "model.safetensors").read_bytes() for name, run in runs.items()}
     assert weights["t1"] == weights["t2"] == weights["beside"]
-    assert unchanging(metrics(runs["t1"])) == unchanging(metrics(runs["t2"])) == unchanging(metrics(runs["beside"]))
+    assert without_run_conditions(metrics(runs["t1"])) == without_run_conditions(metrics(runs["t2"])) == without_run_conditions(metrics(runs["beside"]))
     assert len(metrics(runs["t1"])) == 16 and {r["threads"] for r in metrics(runs["t1"])} == {1}
     assert_saw_both_thread_counts(metrics(runs["beside"]))
 
@@ -132,7 +126,7 @@ def test_rl_is_the_same_at_1_and_2_threads_and_beside_a_second_job(smoke_data, t
     def outcome(d: Path):
         evals = {p.name: json.loads(p.read_text()).get("datasets") for p in sorted((d / "eval").glob("step_*.json"))}
         rollouts = {p.name: p.read_text() for p in sorted((d / "rollouts").glob("step_*.jsonl"))}
-        return (d / "final" / "model.safetensors").read_bytes(), unchanging(metrics(d)), evals, rollouts
+        return (d / "final" / "model.safetensors").read_bytes(), without_run_conditions(metrics(d)), evals, rollouts
 
     assert outcome(rl_dirs["t1"]) == outcome(rl_dirs["t2"]) == outcome(rl_dirs["beside"])
     assert len(metrics(rl_dirs["t1"])) == 3 and {r["threads"] for r in metrics(rl_dirs["t1"])} == {1}

@@ -164,11 +164,29 @@ class JobRegistry:
 
 _registry: JobRegistry | None = None
 _last_rebalance = float("-inf")
+_pinned: int | None = None  # threads a run's config asked for (pretrain.threads, rl.threads): never rebalanced
+
+
+def pin_threads(threads: int) -> None:
+    """At the start of a run on a CPU, its config's thread count (pretrain.threads / rl.threads). Above 0: exactly
+    that many torch threads from now on, whatever other jobs do; `rebalance` leaves them alone (before, the
+    automatic split took over at the next step, and an rl.threads=1 run trained at 2 threads). 0: the automatic
+    split again, from now."""
+    global _pinned
+    _pinned = threads or None
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    else:
+        rebalance(force=True)
 
 
 def release() -> None:
-    """This process stops counting as a job (the CLI's command has ended; a later `configure` joins again)."""
-    global _registry
+    """This process stops counting as a job (the CLI's command has ended; a later `configure` joins again), and a
+    thread count its run pinned no longer holds."""
+    global _registry, _pinned
+    _pinned = None
     if _registry is not None:
         _registry.leave()
         _registry = None
@@ -176,9 +194,10 @@ def release() -> None:
 
 def rebalance(force: bool = False) -> int | None:
     """In automatic mode (see the module docstring), at most every REBALANCE_S seconds unless `force`: give this
-    job cores // jobs torch threads. Returns the thread count when it looked, None when it did not."""
+    job cores // jobs torch threads. Returns the thread count when it looked, None when it did not (not automatic,
+    or the run pinned its threads: pin_threads)."""
     global _last_rebalance
-    if _registry is None or "torch" not in sys.modules:
+    if _registry is None or _pinned is not None or "torch" not in sys.modules:
         return None
     now = time.monotonic()
     if not force and now - _last_rebalance < REBALANCE_S:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checks import check
-from .cpu import rebalance
+from .cpu import pin_threads, rebalance
 from .data import PackedDataset
 from .model import CompiledForTraining, OLMo, ModelConfig
 from .plan import resolve_grad_accum, resolve_pretrain_steps
@@ -125,8 +125,8 @@ def pretrain(cfg, out_dir: str | Path, *, progress: bool = True, allow_config_ch
 def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool) -> Path:
     pcfg: PretrainConfig = cfg.pretrain
     device = ctx.device
-    if pcfg.threads and device.type == "cpu":
-        torch.set_num_threads(pcfg.threads)
+    if device.type == "cpu":
+        pin_threads(pcfg.threads)  # what the config asks for (0: cores // jobs, cpu.py)
 
     data_dir = Path(pcfg.data_dir) if pcfg.data_dir else Path(cfg.out_dir) / "data"
     train, val = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")

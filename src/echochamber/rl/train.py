@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .. import distributed as dist
 from ..checkpoint import export_model, save_checkpoint
-from ..cpu import rebalance
+from ..cpu import pin_threads, rebalance
 from ..evaluate import evaluate, format_results, load_dataset, load_policy
 from ..format_metrics import within_format
 from ..formats import LABELS, format_stats
@@ -165,8 +165,8 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
     rcfg: RLConfig = cfg.rl
     t_start = time.perf_counter()
     device = ctx.device
-    if rcfg.threads and device.type == "cpu":
-        torch.set_num_threads(rcfg.threads)
+    if device.type == "cpu":
+        pin_threads(rcfg.threads)  # what the config asks for (0: cores // jobs, cpu.py)
     autocast = lambda: autocast_ctx(device, rcfg.autocast)  # noqa: E731
 
     init_dir = Path(rcfg.init) if rcfg.init else Path(cfg.out_dir) / "pretrain" / "model"
