@@ -30,7 +30,11 @@ REBALANCE_S seconds) `rebalance()` gives the job
 
 through torch.set_num_threads. The wait policy cannot change after OpenMP loads, but it no longer matters:
 two jobs on 2 cores each run one thread, so no team is left to spin. A job that started alone drops to one
-thread within REBALANCE_S of the second one starting, and takes both cores back when it ends.
+thread within REBALANCE_S of the second one starting, and takes both cores back when it ends. A run whose config
+sets its threads (pretrain.threads, rl.threads) keeps that count throughout (`pin_threads`).
+
+None of this changes a run's numbers: the same run at 1 thread, at 2, and with a second job starting in its middle
+gives identical weights (tests/test_threads.py).
 """
 
 from __future__ import annotations
