@@ -67,11 +67,21 @@ def save_checkpoint(root: Path, model: OLMo, trainer_state: dict, keep: int = 2,
     return final
 
 
-def latest_checkpoint(root: Path) -> Path | None:
+def _latest(root: Path) -> dict | None:
+    """latest.json: {"step": N, "path": "step_N"} of the newest complete checkpoint; None when there is none."""
     pointer = Path(root) / "latest.json"
-    if not pointer.exists():
-        return None
-    return Path(root) / json.loads(pointer.read_text())["path"]
+    return json.loads(pointer.read_text()) if pointer.exists() else None
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    latest = _latest(root)
+    return Path(root) / latest["path"] if latest else None
+
+
+def latest_step(root: Path) -> int:
+    """The step of the newest complete checkpoint under root; 0 when there is none."""
+    latest = _latest(root)
+    return int(latest["step"]) if latest else 0
 
 
 def load_checkpoint(path: Path, model: OLMo, device) -> dict:

@@ -60,6 +60,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from .checkpoint import latest_step
 from .config import ConfigError, RunConfig, load_run_config, to_dict
 from .data import build_dataset
 from .evaluate import format_results
@@ -441,9 +442,8 @@ def _records(run: Path) -> list[dict]:
 
 
 def _checkpoint_step(run: Path) -> int:
-    """The step of a run folder's last complete checkpoint (checkpoints/latest.json); 0 when it has none."""
-    pointer = run / "checkpoints" / "latest.json"
-    return int(json.loads(pointer.read_text())["step"]) if pointer.exists() else 0
+    """The step of a run folder's last complete checkpoint; 0 when it has none."""
+    return latest_step(run / "checkpoints")
 
 
 def _progress(run: Path, finished: str, total: int | None) -> str:
