@@ -234,14 +234,11 @@ def train_prompts(cfg, n: int | None = None) -> tuple[int, float, str]:
     """(how many prompts RL draws from, their mean length in tokens, where that length comes from), from the first
     n problems of rl.train_source (default: rl.train_problems of them); 100 tokens assumed where the source
     cannot be read here."""
-    from .tasks import load_problems
+    from .evaluate import load_dataset
 
     r = cfg.rl
-    source, _, split = r.train_source.partition(":")
     try:
-        problems = load_problems(source, split or "train", n=(r.train_problems if n is None else n) or None,
-                                 **({"cfg": cfg.data.synthetic} if source == "synthetic" else
-                                    {"data_dir": cfg.eval.data_path} if cfg.eval.data_path else {}))
+        problems = load_dataset(r.train_source, r.train_problems if n is None else n, cfg, cfg.eval.data_path)
         return len(problems), *_prompt_tokens(cfg, problems)
     except (FileNotFoundError, ImportError, ValueError) as e:
         return r.train_problems, 100.0, f"assumed ({e})"
@@ -457,15 +454,12 @@ def rl_eval_steps(r) -> list[int]:
 def _count_problems(cfg, spec: str) -> int:
     """How many problems an evaluation dataset holds (eval.n_problems 0 = all of them); 0 where it cannot be read
     here (a hub dataset is not downloaded for an estimate)."""
-    from .tasks import load_problems
+    from .evaluate import load_dataset
 
-    source, _, split = spec.partition(":")
-    if source == "hub":
+    if spec.partition(":")[0] == "hub":
         return 0
     try:
-        return len(load_problems(source, split or "test", **({"cfg": cfg.data.synthetic} if source == "synthetic" else
-                                                              {"data_dir": cfg.eval.data_path} if cfg.eval.data_path
-                                                              else {})))
+        return len(load_dataset(spec, 0, cfg, cfg.eval.data_path))
     except (FileNotFoundError, ImportError, ValueError):
         return 0
 
