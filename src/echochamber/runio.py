@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -153,7 +154,8 @@ def installed_packages() -> dict[str, str]:
 
 
 def _normalise(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
+    """A distribution name as PEP 503 compares them: NumPy, math_verify -> numpy, math-verify."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def versions(packages: dict[str, str] | None = None) -> dict[str, str]:
