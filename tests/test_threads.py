@@ -45,13 +45,23 @@ def cli_env(jobs_dir: Path, threads: int | None) -> dict:
 
 
 def start(stage: str, out: Path, env: dict, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "echochamber", stage, *SMOKE, f"out_dir={out}", *overrides],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A CLI run writing into `out`; its output goes to OUT/STAGE.log (a pipe nobody reads while the test waits
+    for the run's metrics could fill up and stall the run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{stage}.log", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "echochamber", stage, *SMOKE, f"out_dir={out}", *overrides],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def output(proc: subprocess.Popen) -> str:
+    """The end of a run's output (start's OUT/STAGE.log)."""
+    out = Path(next(a for a in proc.args if a.startswith("out_dir=")).split("=", 1)[1])
+    return (out / f"{proc.args[3]}.log").read_text()[-3000:]
 
 
 def finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, err[-3000:]
+    proc.wait(timeout=TIMEOUT)
+    assert proc.returncode == 0, output(proc)
 
 
 def metrics(run: Path) -> list[dict]:
@@ -64,7 +74,7 @@ def with_second_job(first: subprocess.Popen, run: Path, after_step: int, second:
     CLI arguments), let `first` finish, then stop the second."""
     deadline = time.monotonic() + TIMEOUT
     while not any(r["step"] >= after_step for r in metrics(run)):
-        assert first.poll() is None, first.communicate()[1][-3000:]
+        assert first.poll() is None, output(first)
         assert time.monotonic() < deadline
         time.sleep(0.05)
     other = subprocess.Popen([sys.executable, "-m", "echochamber", *second], env=env, stdout=subprocess.DEVNULL,
