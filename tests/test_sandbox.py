@@ -818,3 +818,17 @@ def test_memory_bombs_in_safety_net(use_bwrap):
     res = out["results"]
     assert res[0][3] == "memory" and res[1][3] == "memory" and res[3][3] == "memory", res
     assert res[2][0] and res[2][1] <= 256 + 8, res[2]  # MiB it managed to hold: capped by the sandbox
+
+
+def test_a_pool_under_torchrun_takes_its_rank_share_of_the_cores(monkeypatch):
+    """Each torchrun rank starts its own pool: with workers=0 a pool takes the usable cores // LOCAL_WORLD_SIZE
+    (at least 1), so 8 ranks on a machine do not start 8 workers per core."""
+    monkeypatch.setattr(sandbox, "_cpu_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 ranks on 4 cores: one worker each
+    with SandboxPool(SandboxConfig(workers=0, use_bwrap=False)) as p:
+        assert len(p._workers) == 1 and p.run(tinygsm("3")).value == 3
+    for ranks, workers in (("2", 2), ("3", 1), ("8", 1), ("1", 4)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+        assert sandbox.default_workers() == workers
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")  # not under torchrun: every core
+    assert sandbox.default_workers() == 4

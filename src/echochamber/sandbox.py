@@ -105,7 +105,7 @@ class CodeResult:
 class SandboxConfig:
     """Knobs of the sandbox pool. The paper ran `exec` in the trainer with a 3 s `signal.alarm` and no limits."""
 
-    workers: int = 0  # worker processes; 0 = one per usable CPU core
+    workers: int = 0  # worker processes; 0 = this process's share of the usable cores (default_workers)
     timeout_s: float = 3.0  # wall-clock seconds per snippet (paper: 3 s); CPU-time limit is derived from it
     memory_mb: int = 1024  # address space a snippet may add on top of the worker's own (RLIMIT_AS = VSZ + this)
     file_size_mb: int = 16  # largest file a snippet may write into its scratch folder (RLIMIT_FSIZE)
@@ -138,7 +138,7 @@ class SandboxPool:
         if self.use_bwrap and not bwrap_available():
             raise RuntimeError("SandboxConfig.use_bwrap=True but bubblewrap (`bwrap`) is missing or does not work "
                                "here; install it (`apt-get install -y bubblewrap`) or set use_bwrap=None/False")
-        n = cfg.workers if cfg.workers > 0 else _cpu_count()
+        n = cfg.workers if cfg.workers > 0 else default_workers()
         self._lock = threading.Lock()
         self._closed = False
         self._job_seq = 0
@@ -395,6 +395,13 @@ def _cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Workers of a pool with workers=0: the usable cores // the processes torchrun started on this machine
+    (LOCAL_WORLD_SIZE; 1 outside torchrun), at least 1. Every rank starts its own pool, so one worker per core
+    in each of 8 ranks would put 8 workers on every core."""
+    return max(1, _cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 # ----------------------------------------------------------------------------------------------------------
