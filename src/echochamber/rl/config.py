@@ -9,12 +9,13 @@ from ..checks import check
 from .ei import EIConfig
 from .ppo import PPOConfig
 
-ALGOS = ("grpo", "ppo", "ei", "rloo", "drgrpo", "reinforce_pp")
+ALGOS = ("grpo", "ppo", "ei", "rloo", "drgrpo", "reinforce_pp", "reinforce_baseline")
 
 
 @dataclass
 class RLConfig:
-    algo: Literal["grpo", "ppo", "ei", "rloo", "drgrpo", "reinforce_pp"] = "grpo"  # rl/<algo>.py (paper: ppo, grpo, ei)
+    algo: Literal["grpo", "ppo", "ei", "rloo", "drgrpo", "reinforce_pp", "reinforce_baseline"] = "grpo"  # rl/<algo>.py
+    # (the authors' sweep: ppo, reinforce_baseline, grpo; and ei)
     seed: int | None = None  # prompt order, sampling, shuffling; None = the run's top-level `seed`
     init: str | None = None  # model folder to start from (default OUT_DIR/pretrain/model)
     train_source: str = "synthetic:train"  # prompts, SOURCE:SPLIT (paper: gsm8k:train, 7473 questions)
@@ -73,6 +74,6 @@ class RLConfig:
               unit_open=("top_p",))
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.algo in ("grpo", "rloo", "drgrpo") and self.samples_per_prompt < 2:
+        if self.algo in ("grpo", "rloo", "drgrpo", "reinforce_baseline") and self.samples_per_prompt < 2:
             raise ValueError(f"rl.algo={self.algo} compares the samples of a prompt: samples_per_prompt must be "
                              f">= 2, got {self.samples_per_prompt}")

@@ -43,11 +43,13 @@ from .ei import ExpertIteration
 from .grpo import GRPO
 from .pg import PolicyGradient
 from .ppo import PPO
+from .reinforce_baseline import ReinforceBaseline
 from .reinforce_pp import ReinforcePP
 from .rloo import RLOO
 
 ALGORITHMS: dict[str, type[PolicyGradient]] = {
-    "grpo": GRPO, "ppo": PPO, "ei": ExpertIteration, "rloo": RLOO, "drgrpo": DrGRPO, "reinforce_pp": ReinforcePP}
+    "grpo": GRPO, "ppo": PPO, "ei": ExpertIteration, "rloo": RLOO, "drgrpo": DrGRPO, "reinforce_pp": ReinforcePP,
+    "reinforce_baseline": ReinforceBaseline}
 
 
 class PromptStream:
