@@ -84,6 +84,20 @@ def _synthetic(tmp_path: Path, mixture: str, **kw) -> tuple[DataConfig, Path, di
     return cfg, out, build_dataset(cfg, out, progress=False)
 
 
+def test_a_hub_source_s_cache_changes_with_the_files_it_reads(monkeypatch):
+    """The token cache of a hub source is keyed by the files tasks/hub.py reads: OMI2's four parquet sets (the
+    authors' glob) are another cache than the hub's `train` split alone, which an earlier mapping read."""
+    from echochamber.data import source_identity
+    from echochamber.tasks import hub
+
+    cfg = DataConfig(mixture="as_fm3_tg_omi2", mixture_kind="hub")
+    [omi2] = [s for s in resolve_sources(cfg) if s.name == "omi2"]
+    now = source_identity(omi2, cfg)
+    assert now["hub"]["data_files"].endswith("/data/{split}*.parquet")
+    monkeypatch.setitem(hub.HUB_DATASETS, "omi2", dataclasses.replace(HUB_DATASETS["omi2"], data_files=None))
+    assert source_identity(omi2, cfg) != now
+
+
 def _problems(cfg: DataConfig, name: str) -> list[str]:
     """The computations (numbers and operations, not names or story) behind a synthetic source's documents."""
     [src] = [s for s in resolve_sources(cfg) if s.name == name]

@@ -282,7 +282,9 @@ def test_hub_loader_shares_the_local_mapping(tmp_path, monkeypatch):
     problems = load_problems("hub", "omi1:train", n=3)
     assert [p.question for p in problems] == ["Q0?", "Q2?", "Q4?"]  # OMI1: correct solutions only
     assert [p.answer for p in problems] == ["0", "2", "4"] and problems[0].solution == recs[0]["generated_solution"]
-    assert calls[-1] == ("nvidia/OpenMathInstruct-1", None, "train", True, None)
+    # The correct-solutions file alone, as the authors read it (the repo also holds incorrect_solutions/).
+    assert calls[-1] == ("json", None, "train", True,
+                         {"train": "hf://datasets/nvidia/OpenMathInstruct-1/correct_solutions/train.jsonl"})
     assert list(hub.hub_documents("omi1", n=2)) == ["Q0?\n\nS0 \\boxed{0}", "Q2?\n\nS2 \\boxed{2}"]
     # The same spec read from a local copy gives the same problems.
     f = tmp_path / "omi1.jsonl"
@@ -294,6 +296,86 @@ def test_hub_loader_shares_the_local_mapping(tmp_path, monkeypatch):
         hub.load_hub("fm3")
     with pytest.raises(ValueError, match="unknown hub dataset"):
         hub.load_hub("nope")
+
+
+def _hub_stand_in(monkeypatch, records: dict[str, list[dict]]) -> list[tuple]:
+    """A stand-in `datasets` module: load_dataset(hub id or builder, ...) streams records[that name]; the calls
+    it got are returned (appended as they come)."""
+    calls = []
+
+    def load_dataset(path, config=None, *, split, streaming, data_files=None):
+        calls.append((path, config, split, streaming, data_files))
+        return iter(records[path])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_gsm8k_math500_and_aime_from_the_hub_as_evaluation_sets(monkeypatch):
+    """eval.datasets / rl.train_source name hub sets as hub:KEY[:SPLIT]; records in the hub's own column names
+    (MATH-500 and AIME had no hub loader) become the same Problems the local loaders make."""
+    from echochamber.evaluate import load_dataset
+
+    gsm = [{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}]
+    math500 = [{"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$.", "answer": "2",
+                "subject": "Algebra", "level": 1, "unique_id": "test/algebra/1.json"}]
+    aimo = [{"id": 60, "problem": "Find the number.", "solution": "So 204.", "answer": "204",
+             "url": "https://artofproblemsolving.com/wiki/index.php/2024_AIME_I_Problems/Problem_1"}]
+    gneubig = [{"ID": "1983-1", "Year": 1983, "Problem Number": 1, "Question": "Let x be ...", "Answer": 60.0,
+                "Part": None}]
+    calls = _hub_stand_in(monkeypatch, {"openai/gsm8k": gsm, "HuggingFaceH4/MATH-500": math500,
+                                        "AI-MO/aimo-validation-aime": aimo, "gneubig/aime-1983-2024": gneubig})
+    cfg = types.SimpleNamespace(data=None)
+    assert load_dataset("hub:gsm8k:test", 0, cfg, None) == [
+        Problem("gsm8k-test-000000", gsm[0]["question"], "7", gsm[0]["answer"], {})]
+    assert calls[-1] == ("openai/gsm8k", "main", "test", True, None)
+    [m] = load_dataset("hub:math500", 0, cfg, None)  # MATH-500's only split, test, when none is named
+    assert (m.id, m.question, m.answer, m.meta) == ("test/algebra/1.json", "What is $1+1$?", "2",
+                                                    {"subject": "Algebra", "level": 1})
+    assert calls[-1] == ("HuggingFaceH4/MATH-500", None, "test", True, None)
+    [a] = load_dataset("hub:aime", 0, cfg, None)  # the authors' AI-MO/aimo-validation-aime, split train
+    assert (a.id, a.answer, a.solution) == ("60", "204", "So 204.") and calls[-1][:3] == (
+        "AI-MO/aimo-validation-aime", None, "train")
+    [b] = load_dataset("hub:aime_1983_2024", 0, cfg, None)
+    assert (b.id, b.question, b.answer, b.meta["Year"]) == ("1983-1", "Let x be ...", "60.0", 1983)
+    graded = formats.grade("so x = \\boxed{60}", b.answer)  # a float gold still grades an integer answer
+    assert graded.correct
+
+
+def test_hub_pretraining_sources_read_the_authors_data_files(monkeypatch):
+    """OpenMathInstruct-2 from every parquet file under data/ (the authors' glob: train and its train_1M, train_2M,
+    train_5M subsets), not the hub's `train` split alone; OpenMathInstruct-1 from correct_solutions/ only."""
+    import fnmatch
+
+    from echochamber.tasks import hub
+
+    rec = {"problem": "P?", "generated_solution": "S \\boxed{1}", "expected_answer": "1"}
+    calls = _hub_stand_in(monkeypatch, {"parquet": [rec], "json": [{"question": "Q?", **rec, "is_correct": True}]})
+    assert list(hub.hub_documents("omi2")) == ["P?\n\nS \\boxed{1}"]
+    builder, _, split, _, files = calls[-1]
+    pattern = files[split]
+    assert builder == "parquet" and pattern.startswith("hf://datasets/nvidia/OpenMathInstruct-2/data/")
+    # The repo's data/ folder, as listed on the hub (shard counts shortened): all four sets and nothing else.
+    listing = ["train-00000-of-00023.parquet", "train_1M-00000-of-00001.parquet", "train_2M-00000-of-00002.parquet",
+               "train_5M-00000-of-00004.parquet"]
+    assert [f for f in listing if fnmatch.fnmatch(f, pattern.rsplit("/", 1)[1])] == listing
+    list(hub.hub_documents("omi1"))
+    assert calls[-1][0] == "json" and calls[-1][4]["train"].endswith("/correct_solutions/train.jsonl")
+
+
+def test_absent_local_data_names_the_setting_and_the_hub_alternative(tmp_path, monkeypatch):
+    monkeypatch.delenv(local.DATA_ENV, raising=False)
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # no ../shared/data
+    for source, split, hub_name in (("gsm8k", "test", "hub:gsm8k:test"), ("math500", "test", "hub:math500"),
+                                    ("aime", "2024", "hub:aime")):
+        with pytest.raises(FileNotFoundError) as e:
+            load_problems(source, split)
+        assert all(part in str(e.value) for part in (local.DATA_ENV, "eval.data_path", hub_name)), str(e.value)
+    with pytest.raises(FileNotFoundError, match=r"not found \(looked under .*\): set ECHOCHAMBER_DATA=DIR or "
+                                                r"eval.data_path=DIR .*hub:gsm8k:train"):
+        load_problems("gsm8k", "train", data_dir=str(tmp_path))
 
 
 def test_hub_without_datasets_installed_is_a_clear_error(monkeypatch):

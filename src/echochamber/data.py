@@ -292,8 +292,8 @@ def _synthetic_slice(src: SourceConfig, cfg: DataConfig) -> tuple[int, int]:
 
 def source_identity(src: SourceConfig, cfg: DataConfig) -> dict:
     """Everything that decides a resolved source's documents (not its repeat factor): the cache key's input.
-    A hub source is keyed by its dataset key, split and n: a dataset changed on the hub keeps its old cache until
-    that cache folder is deleted."""
+    A hub source is keyed by its dataset key, split, n and where tasks/hub.py reads it (hub id, configuration, data
+    files): a dataset changed on the hub keeps its old cache until that cache folder is deleted."""
     ident = {"version": CACHE_VERSION, **dataclasses.asdict(src)}
     del ident["repeat"], ident["systematic_error"]
     if src.kind == "synthetic":
@@ -306,6 +306,8 @@ def source_identity(src: SourceConfig, cfg: DataConfig) -> dict:
         # The effective rewrite, only when there is one: caches built before the knob existed keep their key.
         if rewrite := systematic_error(src, cfg):
             ident["systematic_error"] = rewrite
+    elif src.kind == "hub":  # which files: a changed mapping (e.g. OMI2's four parquet sets) is another cache
+        ident["hub"] = dataclasses.asdict(HUB_DATASETS[src.path])
     elif src.kind in ("jsonl", "parquet"):
         st = Path(src.path).stat()
         ident.update(path=str(Path(src.path).resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns)

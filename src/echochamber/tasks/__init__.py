@@ -21,7 +21,8 @@ def load_problems(source: str, split: str, n: int | None = None, *, path: str | 
     omi1/omi2  train (the local samples)                  DATA/openmathinstruct{1,2}/sample.jsonl
     jsonl      the file (or give path=)                   fields: question_field, answer_field, solution_field,
     parquet    the file (or give path=)                           id_field, keep_field, gold (plain|gsm8k|metamath)
-    hub        KEY[:SPLIT] of tasks.hub.HUB_DATASETS, e.g. "gsm8k:test" (needs `datasets` and network)
+    hub        KEY[:SPLIT] of tasks.hub.HUB_DATASETS, e.g. "gsm8k:test", "math500", "aime" (needs `datasets` and
+               network or a filled hub cache; SPLIT left out: the dataset's own, e.g. MATH-500's test)
 
     path: an explicit file for the dataset; data_dir: the folder holding the datasets (DATA above; default
     tasks.local.default_data_dir()).
@@ -53,5 +54,5 @@ def load_problems(source: str, split: str, n: int | None = None, *, path: str | 
         from .hub import load_hub
 
         key, _, hub_split = split.partition(":")
-        return load_hub(key, hub_split or "train", n)
+        return load_hub(key, hub_split or None, n)
     raise ValueError(f"unknown problem source {source!r}; expected one of {', '.join(SOURCES)}")

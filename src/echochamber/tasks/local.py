@@ -203,21 +203,24 @@ def default_data_dir() -> Path | None:
 
 
 def find_file(relative: str, what: str, path: str | Path | None = None,
-              data_dir: str | Path | None = None) -> Path:
-    """`path` if given, else data_dir/relative (data_dir: given, else default_data_dir()); errors say where."""
+              data_dir: str | Path | None = None, hub: str | None = None) -> Path:
+    """`path` if given, else data_dir/relative (data_dir: given, else default_data_dir()); errors say where they
+    looked, how to point at the files, and `hub`, the same dataset's hub name, where it has one."""
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{what}: file {path} not found")
         return Path(path)
+    how = (f"set {DATA_ENV}=DIR or eval.data_path=DIR to the folder holding {relative} (in Python: data_dir=DIR "
+           f"or path=FILE)" + (f", or read it from the Hugging Face hub as {hub} (pip install 'echochamber[hub]')"
+                              if hub else ""))
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if root is None:
-        raise FileNotFoundError(f"{what}: no data folder: pass path=FILE or data_dir=DIR, or set {DATA_ENV} "
-                                f"(no {Path.cwd().parent / 'shared' / 'data'} either)")
+        raise FileNotFoundError(f"{what}: no data folder ({DATA_ENV} is not set and there is no "
+                                f"{Path.cwd().parent / 'shared' / 'data'}): {how}")
     f = root / relative
     if not f.is_file():
         origin = "data_dir" if data_dir is not None else (DATA_ENV if os.environ.get(DATA_ENV) else "../shared/data")
-        raise FileNotFoundError(f"{what}: {f} not found (looked under {root}, from {origin}); pass path=FILE, "
-                                f"data_dir=DIR or set {DATA_ENV}")
+        raise FileNotFoundError(f"{what}: {f} not found (looked under {root}, from {origin}): {how}")
     return f
 
 
@@ -227,7 +230,7 @@ def load_gsm8k(split: str = "test", n: int | None = None, path=None, data_dir=No
     """GSM8K train (7473) / test (1319): `question`, gold = the number after '####' without commas."""
     if split not in ("train", "test"):
         raise ValueError(f"gsm8k split must be train or test, got {split!r}")
-    f = find_file(f"gsm8k/{split}.jsonl", f"gsm8k {split}", path, data_dir)
+    f = find_file(f"gsm8k/{split}.jsonl", f"gsm8k {split}", path, data_dir, hub=f"hub:gsm8k:{split}")
     return load_file(f, SPECS["gsm8k"], n, name=f"gsm8k-{split}")
 
 
@@ -235,11 +238,12 @@ def load_math500(split: str = "test", n: int | None = None, path=None, data_dir=
     """MATH-500 (500 problems): `problem`, `answer` (LaTeX), ids from `unique_id`."""
     if split != "test":
         raise ValueError(f"math500 has only a test split, got {split!r}")
-    return load_file(find_file("math500/test.jsonl", "math500", path, data_dir), SPECS["math500"], n)
+    return load_file(find_file("math500/test.jsonl", "math500", path, data_dir, hub="hub:math500"), SPECS["math500"], n)
 
 
 AIME_FILES = (("aime/aime_1983_2023.jsonl", 1983, 2023), ("aime/aime_2024.jsonl", 2024, 2024),
               ("aime/aime_2025.jsonl", 2025, 2025))
+AIME_HUB = "hub:aime (AIME 2022-2024, the authors' set) or hub:aime_1983_2024"
 
 
 def aime_years(split: str) -> tuple[int, int]:
@@ -261,7 +265,8 @@ def load_aime(split: str = "all", n: int | None = None, path=None, data_dir=None
     if path is not None:
         files = [find_file("", f"aime {split}", path)]
     else:
-        files = [find_file(rel, f"aime {split}", None, data_dir) for rel, a, b in AIME_FILES if a <= hi and lo <= b]
+        files = [find_file(rel, f"aime {split}", None, data_dir, hub=AIME_HUB) for rel, a, b in AIME_FILES
+                 if a <= hi and lo <= b]
         if not files:
             raise ValueError(f"aime split {split!r}: no AIME file covers those years "
                              f"({', '.join(f'{a}-{b}' for _, a, b in AIME_FILES)})")
@@ -281,7 +286,8 @@ def load_omi(version: int, split: str = "train", n: int | None = None, path=None
     generated_solution as the reference solution. OMI1 keeps only is_correct records, as the paper did."""
     if split not in ("train", "sample"):
         raise ValueError(f"omi{version} split must be train (the local sample), got {split!r}")
-    f = find_file(f"openmathinstruct{version}/sample.jsonl", f"omi{version}", path, data_dir)
+    f = find_file(f"openmathinstruct{version}/sample.jsonl", f"omi{version}", path, data_dir,
+                  hub=f"hub:omi{version}:train")
     return load_file(f, SPECS[f"omi{version}"], n, name=f"omi{version}")
 
 
