@@ -46,3 +46,23 @@ def test_label_table_shares_and_accuracy():
     s, acc = label_table(labels, correct)
     assert s == {"tinygsm": 0.5, "omi1": 0.0, "text": 0.25, "unknown": 0.25}
     assert acc["tinygsm"] == 0.5 and acc["text"] == 1.0 and acc["omi1"] is None
+
+
+@pytest.mark.parametrize("sees_prompt, label", [(False, "text"), (True, "tinygsm")])
+def test_grade_sees_prompt_hands_the_grader_question_and_response(monkeypatch, pool, sees_prompt, label):
+    """eval.grade_sees_prompt: the authors' in-loop evaluation graded prompt + response (their RL reward
+    function), so a question containing "def" labels a prose answer TinyGSM in paper mode; their offline
+    evaluation graded the response alone. Greedy rows and samples alike."""
+    from types import SimpleNamespace
+
+    from echochamber import evaluate
+    from echochamber.tasks import Problem
+
+    response = "\n\nx is 2 + 3 = 5. The answer is \\boxed{5}."
+    monkeypatch.setattr(evaluate, "greedy_and_samples", lambda *a, **k: ([response], [[response, response]]))
+    tok = SimpleNamespace(encode_batch=lambda texts: [t.split() for t in texts])
+    ecfg = evaluate.EvalConfig(mode="paper", n_samples=2, grade_sees_prompt=sees_prompt)
+    problem = Problem("p0", "Please define x as 2 plus 3. What is x?", "5")
+    result = evaluate.evaluate_dataset(None, tok, [problem], ecfg, seed=0, out_dir=None, name="t", pool=pool)
+    assert result["pass@1"] == 1.0 and result["format_share"][label] == 1.0
+    assert result["sample_format_share"][label] == 1.0

@@ -55,6 +55,8 @@ class EvalConfig:
     sample_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # generation precision: bfloat16 (~2x faster on CPU) or float32
     mode: str = "structure"  # format labelling: structure | paper (see formats.py)
     add_bos: bool = False  # prepend the tokenizer's BOS to each question (the authors' vLLM + Llama-2 eval: <s>)
+    grade_sees_prompt: bool = False  # grade question + response (mode paper only), as the authors' in-loop
+    # evaluation did (their RL reward function); their offline evaluation graded the response alone
     data_path: str | None = None  # folder holding gsm8k/, math500/, aime/ (default: ../shared/data if present)
     model: str | None = None  # model folder for `echochamber eval` (default OUT_DIR/pretrain/model)
     probe: bool = False  # also answer every problem forced into each format (probe.py; 3 more greedy passes),
@@ -137,7 +139,8 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
     questions, golds = [p.question for p in mine], [p.answer for p in mine]
     greedy, samples = greedy_and_samples(model, tok, questions, ecfg, seed=seed, rank=ctx.rank, name=name,
                                          progress=progress, pool=pool)
-    graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool)
+    graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool,
+                                prompts=questions if ecfg.grade_sees_prompt else None)
     # tokens: the response re-encoded (no EOS), the length format_metrics averages per format.
     lengths = [len(ids) for ids in tok.encode_batch(greedy)]
     rows = [{"id": p.id, "question": p.question, "response": r, "label": g.label, "answer": g.answer,
@@ -153,7 +156,9 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
     if samples is not None:
         n = ecfg.n_samples
         flat = [s for group in samples for s in group]
-        sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool)
+        sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool,
+                                     prompts=[q for q in questions for _ in range(n)] if ecfg.grade_sees_prompt
+                                     else None)
         srows = [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer, "gold": p.answer,
                   "correct": g.correct}
                  for i, (p, texts) in enumerate(zip(mine, samples)) for j, (s, g) in
