@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install echochamber into ./.venv (CPU PyTorch), with the test extras, and bubblewrap for the sandbox where apt
-# is available. Safe to run again. Usage: ./install.sh   (then .venv/bin/echochamber ...)
+# Install echochamber into ./.venv (CPU PyTorch), with the test and wandb extras, and bubblewrap for the sandbox
+# where apt is available. Safe to run again. Usage: ./install.sh   (then .venv/bin/echochamber ...)
 #
 # Every package is installed at the version constraints.txt names: a fresh clone then gets the packages the
 # README's figures were measured with, not whatever is newest on the day (a newer tokenizers, say, trains another
@@ -30,7 +30,7 @@ LOCK=(-c constraints.txt); [ "$RELOCK" = 1 ] && LOCK=()
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build. On a GPU machine,
 # install the torch build for your CUDA instead (TORCH_SPEC="torch==2.13.0 --index-url ...").
 .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
-.venv/bin/python -m pip install -q "${LOCK[@]}" -e ".[test]"
+.venv/bin/python -m pip install -q "${LOCK[@]}" -e ".[test,wandb]"  # wandb: tests/test_tracking.py, offline
 if [ "$RELOCK" = 1 ]; then
   { sed -n '/^#/p' constraints.txt | sed "s/Resolved by a fresh .\/install.sh on [0-9-]*/Resolved by a fresh .\/install.sh on $(date -u +%F)/"
     # (torch without its local label: the same line then admits the CUDA build a GPU machine installs)

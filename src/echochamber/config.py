@@ -205,6 +205,7 @@ from .pretrain import PretrainConfig  # noqa: E402
 from .verify import VerifyConfig  # noqa: E402
 from .rl.config import RLConfig  # noqa: E402
 from .sandbox import SandboxConfig  # noqa: E402
+from .tracking import LogConfig  # noqa: E402
 
 
 @dataclass
@@ -215,6 +216,8 @@ class RunConfig:
     seed: int = 0  # drives every stage: data split/shuffle, initialisation, RL sampling (unless a stage sets its own)
     out_dir: str = "runs/quickstart"  # the run folder
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a GPU when there is one (bf16 autocast), else the CPU
+    memory_gb: float = 0  # memory budget per process in GB (1e9 bytes): the dry run's table and the sampler's rows
+    # per call (memory.py); 0 = the device's memory (a GPU's total; a CPU: no limit; the dry run without a GPU: 80)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -222,6 +225,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # where model-written code runs
     verify: VerifyConfig = field(default_factory=VerifyConfig)  # math-verify worker processes
+    log: LogConfig = field(default_factory=LogConfig)  # TensorBoard always; Weights & Biases with log.wandb
 
     def __post_init__(self):
         # One seed drives data, pretraining and RL unless a stage's own seed is set; the resolved values are

@@ -36,6 +36,7 @@ from .plan import resolve_grad_accum, resolve_pretrain_steps
 from .checkpoint import export_model, save_checkpoint
 from .runio import append_jsonl
 from .training import autocast_ctx, cosine_lr, exclusive, make_optimizer, set_lr, start_or_resume, trainer_state
+from .tracking import Tracker
 
 
 @dataclass
@@ -166,11 +167,9 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
     compiled = use_compile(pcfg, device, last_step - step, sharded)
     train_model = CompiledForTraining(model) if compiled else model
     ddp_model = model if sharded else dist.wrap(train_model, ctx)
-    tb = None
+    tracker = None
     if ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(str(run_dir / "tb"))
+        tracker = Tracker(run_dir, cfg, "pretrain")  # TensorBoard, and W&B with log.wandb
         n_params = model.num_params()
         tokens_per_step = pcfg.batch_size * pcfg.grad_accum * ctx.world_size * train.seq_len
         print(f"model {model_cfg.preset}: {n_params / 1e6:.2f}M parameters; {train.n_sequences} train sequences "
@@ -216,9 +215,7 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
             record["val_loss"] = validation_loss(model, val, pcfg, device)
         if record and ctx.is_main:
             append_jsonl(metrics_path, record)
-            for k, v in record.items():
-                if k != "step":
-                    tb.add_scalar(f"pretrain/{k}", v, step)
+            tracker.log(record, step, "pretrain")
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "val_loss") if k in record})
         bar.update(1)
 
@@ -234,8 +231,8 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
     whole = savable()[0] if step == pcfg.max_steps else None
     if ctx.is_main and step == pcfg.max_steps:
         export_model(whole, data_dir / "tokenizer.json", final_dir)
-        if tb:
-            tb.close()
+    if tracker:
+        tracker.close()
     dist.barrier(ctx)
     dist.shutdown(ctx)
     return final_dir

@@ -34,7 +34,8 @@ from ..format_metrics import within_format
 from ..formats import LABELS, format_stats
 from ..model import OLMo
 from ..runio import append_jsonl, atomic_write_json, write_jsonl
-from ..sampler import SampleConfig
+from ..sampler import SampleConfig, sampling_model
+from ..tracking import Tracker
 from ..training import RunFolderError, autocast_ctx, exclusive, start_or_resume, trainer_state
 from . import rollout as ro
 from .config import RLConfig
@@ -233,11 +234,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
     if any(dist.all_gather_objects(stale, ctx)):
         run_eval(0)  # (again, when the one there was made on other weights by an earlier, failed attempt)
 
-    tb = None
-    if ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(str(out_dir / "tb"))
+    tracker = Tracker(out_dir, cfg, "rl") if ctx.is_main else None  # TensorBoard, and W&B with log.wandb
     bar = tqdm(total=total_steps, initial=step, desc=f"rl {rcfg.algo}", unit="round" if rcfg.algo == "ei" else "step",
                disable=not progress, dynamic_ncols=True)
     while step < total_steps:
@@ -245,9 +242,10 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
         step += 1
         batch = [problems[i] for i in stream.take(per_step)][mine[0]:mine[1]]
         model.eval()
-        roll = ro.collect(model, tok, batch, scfg, seed=rcfg.seed * 100_003 + step, mode=rcfg.mode,
-                          reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool, chunk_prompts=chunk,
-                          first_chunk=first_chunk, device=device, interpreter=rcfg.interpreter)
+        # All of the step's sampling calls decode with one bf16 copy of the updated weights (sampler.sampling_model).
+        roll = ro.collect(sampling_model(model, scfg), tok, batch, scfg, seed=rcfg.seed * 100_003 + step,
+                          mode=rcfg.mode, reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool,
+                          chunk_prompts=chunk, first_chunk=first_chunk, device=device, interpreter=rcfg.interpreter)
         roll.offset, roll.n_global = mine[0] * scfg.n, per_step * scfg.n
         t1 = time.perf_counter()
         model.train()
@@ -263,9 +261,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
                       "time/reward": roll.seconds_grade, "time/advantages": t2 - t1, "time/update": t3 - t2,
                       "threads": torch.get_num_threads()}  # (cpu.rebalance may change it between steps)
             append_jsonl(metrics_path, record)
-            for k, v in record.items():
-                if k != "step" and v is not None:
-                    tb.add_scalar(f"rl/{k}", v, step)
+            tracker.log(record, step, "rl")
             if rcfg.keep_rollouts:
                 write_jsonl(out_dir / "rollouts" / f"step_{step:06d}.jsonl", rows)
             bar.set_postfix(reward=f"{record['reward_mean']:.2f}",
@@ -284,8 +280,8 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
                     keep_step=(lambda s: is_log_spaced(s, ckpt_every)) if rcfg.keep_checkpoints == "log" else None)
             dist.barrier(ctx)
     bar.close()
-    if tb:
-        tb.close()
+    if tracker:
+        tracker.close()
 
     if ctx.is_main:
         export_model(model, init_dir / "tokenizer.json", out_dir / "final")
