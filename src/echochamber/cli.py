@@ -11,6 +11,7 @@
     echochamber quickstart every stage on a laptop, end to end
     echochamber sweep      a grid of configs, one run at a time, sharing pretraining (DIR/sweep.json, report.html)
     echochamber study      a finding of the paper in miniature: a fixed sweep + a report that answers it
+    echochamber check      a few minutes of every stage at the config's shapes: does this (GPU) machine run it?
     echochamber export-hf / import-hf   Hugging Face OlmoForCausalLM folders
 
 Every stage takes --config (a YAML path or a built-in name, default `quickstart`) and dotted overrides:
@@ -210,6 +211,14 @@ def cmd_study(args) -> None:
         sys.exit(1)
 
 
+def cmd_check(args) -> None:
+    from .preflight import run_check
+
+    parts = run_check(args.config, args.overrides, args.out)
+    if not all(p.ok for p in parts):
+        sys.exit(1)
+
+
 def cmd_export_hf(args) -> None:
     from .hf import export_hf
     from .model import OLMo
@@ -315,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every cell")
     _add_sweep_dry_run(p)
     p.set_defaults(fn=cmd_study)
+
+    p = sub.add_parser("check", help="check a (GPU) machine: pretraining, a kill and resume, 3 steps of each RL arm "
+                                     "at the config's batch, an evaluation with pass@k; tokens/s, MFU, memory peaks")
+    p.add_argument("--config", default="quickstart",
+                   help="YAML config: a path or a built-in name (paper_150m, paper_1b; smoke: a tiny CPU check)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="applied before the check's own settings (pretrain.max_steps=N: N pretraining steps)")
+    p.add_argument("--out", help="the check's folder (default: a temporary one, removed when every part passed)")
+    p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("export-hf", help="write a model folder as a Hugging Face OlmoForCausalLM folder")
     p.add_argument("model")
