@@ -157,6 +157,64 @@ def test_chunked_head_equals_one_chunk_with_gradients():
         torch.testing.assert_close(gw, ref_w, atol=1e-5, rtol=1e-4)
 
 
+def full_logits_logprobs(head, h, y, temperature):
+    """The plain form the fused head replaces (RL's log-probs before it): fp32 logits / temperature, a log-softmax,
+    a gather, and the entropy -sum p log p without gradient."""
+    logp_all = F.log_softmax(head(h).float() / temperature, -1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp_all.gather(-1, y[..., None])[..., 0], entropy
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_head_at_a_temperature_equals_full_logits_with_entropy_and_gradients(temperature, autocast):
+    """log p_tau(y) and the entropy from the chunked head equal the full-logits computation; so do the gradients,
+    to fp32 rounding in fp32. Under bf16 autocast both gradients round their matmul outputs to bf16 at different
+    points (the chunks' dW sums in fp32), so they agree to bf16 rounding and are equally far from the fp32 one."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 300, bias=False)
+    head.weight.data.mul_(10)  # peaked distributions: entropies well below log V
+    h = torch.randn(3, 71, 32, requires_grad=True)  # 213 rows in chunks of 70, 70, 70, 3
+    y = torch.randint(0, 300, (3, 71))
+    weights = torch.linspace(-1, 1, 213).view(3, 71)
+
+    def run(fused: bool, amp: bool):
+        h.grad, head.weight.grad = None, None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            if fused:
+                lp, ent = head_logprobs(head, h, y, max_logits=300 * 70, temperature=temperature, with_entropy=True)
+            else:
+                lp, ent = full_logits_logprobs(head, h, y, temperature)
+        (lp * weights).sum().backward()
+        return lp.detach(), ent, h.grad.clone(), head.weight.grad.clone()
+
+    lp, ent, gh, gw = run(True, autocast)
+    ref_lp, ref_ent, ref_gh, ref_gw = run(False, autocast)
+    assert not ent.requires_grad and ent.dtype == lp.dtype == torch.float32
+    assert ent.max() < 0.9 * torch.log(torch.tensor(300.0))  # (a uniform distribution would hide a wrong temperature)
+    torch.testing.assert_close(lp, ref_lp, atol=1e-6, rtol=1e-6)  # (a chunk's matmul may round unlike the whole's)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-6, rtol=1e-6)
+    if not autocast:
+        torch.testing.assert_close(gh, ref_gh, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(gw, ref_gw, atol=1e-6, rtol=1e-5)
+    else:
+        _, _, fp32_gh, fp32_gw = run(False, False)
+        for fused_g, full_g, exact in ((gh, ref_gh, fp32_gh), (gw, ref_gw, fp32_gw)):
+            assert rel_err(fused_g, full_g) < 2 ** -8  # bf16 rounding (measured 2e-3 to 3e-3)
+            assert rel_err(fused_g, exact) < 1.25 * rel_err(full_g, exact)  # as accurate as the full-logits form
+
+
+def test_fused_head_rejects_a_nonpositive_temperature():
+    head = torch.nn.Linear(8, 10, bias=False)
+    with pytest.raises(ValueError, match="temperature"):
+        head_logprobs(head, torch.randn(1, 2, 8), torch.zeros(1, 2, dtype=torch.long), temperature=0.0)
+
+
 @pytest.mark.parametrize("block", [128, 5])  # one block; blocks of 5 query rows (the last one partial)
 def test_materialized_attention_matches_sdpa_forward_and_backward(block):
     torch.manual_seed(0)

@@ -555,14 +555,17 @@ class OLMo(nn.Module):
             x = block(x, cos, sin)
         return layer_norm(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, temperature: float = 1.0,
+                with_entropy: bool = False):
         """idx (B, T) -> logits (B, T, V); with targets (B, T): log p(targets[b, t] | idx[b, :t+1]) as (B, T)
-        fp32. The pretraining loss is `-model(x, y).mean()`; both forms run through
+        fp32, from logits / temperature, computed by the fused head (`head_logprobs`: the (B, T, V) logits are
+        never stored); with_entropy: (log-probs, entropies (B, T) fp32, no gradient). The pretraining loss is
+        `-model(x, y).mean()`; the RL log-probs are `model(x, y, temperature, with_entropy)`; all forms run through
         forward so a DistributedDataParallel wrapper sees them."""
         h = self.hidden(idx)
         if targets is None:
             return self.lm_head(h)
-        return head_logprobs(self.lm_head, h, targets)
+        return head_logprobs(self.lm_head, h, targets, temperature=temperature, with_entropy=with_entropy)
 
     # -- KV-cache entry points for the sampler ---------------------------------------------------------------
 
@@ -674,60 +677,83 @@ def from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], where: 
     return model
 
 
+def _scaled_logits(h: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z / temperature for one chunk of rows, z = h W^T in the matmul dtype. At temperature 1 the logits stay in
+    that dtype (the softmaxes upcast as they read them); otherwise they are divided in fp32, as the full-logits
+    `logits.float() / temperature` did."""
+    logits = h @ weight.t()  # (n, V)
+    return logits if temperature == 1.0 else logits.float().div_(temperature)
+
+
 class _LinearLogprobs(torch.autograd.Function):
-    """log p(target) = (h W^T)[target] - logsumexp(h W^T), fused with the output head, over row chunks.
+    """log p_tau(target) and optionally the entropy of p_tau, fused with the output head, over row chunks, where
+    p_tau = softmax(z / tau) and z = h W^T (tau: the log-prob temperature; 1 for pretraining).
 
     Why not `F.cross_entropy(logits.float(), ...)`: on CPU every pass over the (N, V) logits costs a DRAM round
     trip, and that path makes about ten of them (fp32 copy, log-softmax, its backward, a zero-filled one-hot
     gradient, casts back); this one makes three each way and never stores the logits (backward recomputes
-    them: one extra small matmul). The softmax is always accumulated in fp32.
-        forward:  lp_n = log_softmax(h_n W^T)[y_n]                        (fp32)
-        backward: dlogits_n = g_n (onehot(y_n) - softmax(h_n W^T)) ;  dh = dlogits W ;  dW = dlogits^T h
+    them: one extra small matmul). On a GPU the point is memory: RL's micro-batch of 64 rows x 1200 tokens x
+    32000 vocab is 10 GB per fp32 copy of the logits; here one chunk's are alive at a time. The softmax is
+    always accumulated in fp32.
+        forward:  lp_n = z_ny / tau - logsumexp(z_n / tau)                              (fp32)
+                  H_n = -sum_v p_nv log p_nv = logsumexp(z_n / tau) - sum_v p_nv z_nv / tau  (fp32, no gradient)
+        backward: dz_n = g_n (onehot(y_n) - p_n) / tau ;  dh = dz W ;  dW = dz^T h
+    The entropy is computed as -sum exp(lp) lp from the log-softmax the log-prob needs anyway: the form the
+    full-logits code had, so its values did not move.
     """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
-                rows: int) -> torch.Tensor:
+                rows: int, temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         hc, wc = h.to(dtype), weight.to(dtype)  # (N, C), (V, C) in the matmul dtype
         out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        entropy = torch.empty(h.shape[0] if with_entropy else 0, dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], rows):
-            logits = hc[s:s + rows] @ wc.t()  # (n, V)
-            out[s:s + rows] = F.log_softmax(logits, -1, dtype=torch.float32).gather(1, targets[s:s + rows, None])[:, 0]
+            logp = F.log_softmax(_scaled_logits(hc[s:s + rows], wc, temperature), -1, dtype=torch.float32)  # (n, V)
+            out[s:s + rows] = logp.gather(1, targets[s:s + rows, None])[:, 0]
+            if with_entropy:
+                entropy[s:s + rows] = -(logp.exp() * logp).sum(-1)
         ctx.save_for_backward(hc, wc, targets)
-        ctx.rows, ctx.h_dtype, ctx.w_dtype = rows, h.dtype, weight.dtype
-        return out
+        ctx.mark_non_differentiable(entropy)
+        ctx.rows, ctx.temperature, ctx.h_dtype, ctx.w_dtype = rows, temperature, h.dtype, weight.dtype
+        return out, entropy
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx, g: torch.Tensor, _g_entropy: torch.Tensor):
         hc, wc, targets = ctx.saved_tensors
         dh = torch.empty_like(hc)
         dw = None
         for s in range(0, hc.shape[0], ctx.rows):
             h_s, y_s = hc[s:s + ctx.rows], targets[s:s + ctx.rows]
-            g_s = g[s:s + ctx.rows, None].to(hc.dtype)  # (n, 1)
-            grad = torch.softmax(h_s @ wc.t(), dim=-1)  # (n, V): fp32 accumulation, stored in the matmul dtype
+            g_s = (g[s:s + ctx.rows, None] / ctx.temperature).to(hc.dtype)  # (n, 1): d lp / d z carries 1 / tau
+            # p_tau: fp32 accumulation, stored in the matmul dtype
+            grad = torch.softmax(_scaled_logits(h_s, wc, ctx.temperature), dim=-1).to(hc.dtype)  # (n, V)
             grad.mul_(-g_s)
             flat = torch.arange(len(y_s), device=y_s.device) * grad.shape[1] + y_s
-            grad.view(-1).index_put_((flat,), g_s[:, 0], accumulate=True)  # + g at the target: g (onehot - p)
+            grad.view(-1).index_put_((flat,), g_s[:, 0], accumulate=True)  # + g at the target: g (onehot - p) / tau
             dh[s:s + ctx.rows] = grad @ wc
             part = (grad.t() @ h_s).float()
             dw = part if dw is None else dw.add_(part)
-        return dh.to(ctx.h_dtype), dw.to(ctx.w_dtype), None, None, None
+        return dh.to(ctx.h_dtype), dw.to(ctx.w_dtype), None, None, None, None, None
 
 
-def head_logprobs(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
-                  max_logits: int | None = None) -> torch.Tensor:
-    """log p(targets) (B, T) fp32 from final hidden states h (B, T, C) and the output head, over chunks of rows
-    holding at most `max_logits` logits (default: 2^20 on CPU, where a chunk's fp32 temporaries then stay in
-    cache, 2^26 elsewhere, a memory cap), so long sequences and big vocabularies fit."""
+def head_logprobs(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor, max_logits: int | None = None,
+                  temperature: float = 1.0, with_entropy: bool = False):
+    """log p(targets) (B, T) fp32 from final hidden states h (B, T, C) and the output head, at softmax
+    `temperature` (logits / temperature), over chunks of rows holding at most `max_logits` logits (default:
+    2^20 on CPU, where a chunk's fp32 temporaries then stay in cache, 2^26 elsewhere, a memory cap), so long
+    sequences and big vocabularies fit. with_entropy: (log-probs, entropies (B, T) fp32 without gradient)."""
     B, T, C = h.shape
     V = lm_head.weight.shape[0]
+    if not temperature > 0:
+        raise ValueError(f"head_logprobs: temperature must be > 0, got {temperature}")
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
     if max_logits is None:
         max_logits = 1 << 20 if h.device.type == "cpu" else 1 << 26
     rows = max(64, max_logits // V)  # at least 64 rows keep the chunk's matmul efficient
-    lp = _LinearLogprobs.apply(h.reshape(B * T, C), lm_head.weight, targets.reshape(B * T), dtype, rows)
-    return lp.view(B, T)
+    lp, entropy = _LinearLogprobs.apply(h.reshape(B * T, C), lm_head.weight, targets.reshape(B * T), dtype, rows,
+                                        float(temperature), with_entropy)
+    return (lp.view(B, T), entropy.view(B, T)) if with_entropy else lp.view(B, T)
 
 
 def token_logprobs(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

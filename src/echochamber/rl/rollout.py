@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .. import formats
 from ..interpreter import sample
@@ -126,17 +125,13 @@ def response_logprobs(model, batch: Batch, temperature: float = 1.0,
                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | prefix) (B, L-1) fp32 for the batch's tokens, from logits / temperature (the authors divide by
     the rollout temperature; 1 = the plain model); with_entropy: also the entropy of each position's
-    distribution (no gradient). The ONE function for policy, old-policy, reference and SFT log-probs."""
-    logits = model(batch.idx[:, :-1]).float()  # (B, L-1, V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, batch.idx[:, 1:, None]).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    distribution (no gradient). The ONE function for policy, old-policy, reference and SFT log-probs.
+    With z the logits and tau the temperature (model.head_logprobs computes both over chunks of rows, so the
+    full (B, L-1, V) logits are never stored, in any precision):
+        log p_tau(y) = z_y / tau - logsumexp(z / tau) ;   H = logsumexp(z / tau) - sum_v softmax(z / tau)_v z_v / tau
+    It goes through model.forward (with targets), so a DistributedDataParallel wrapper sees the pass."""
+    out = model(batch.idx[:, :-1], batch.idx[:, 1:], temperature=temperature, with_entropy=with_entropy)
+    return out if with_entropy else (out, None)
 
 
 @torch.no_grad()
