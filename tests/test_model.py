@@ -215,6 +215,24 @@ def test_fused_head_rejects_a_nonpositive_temperature():
         head_logprobs(head, torch.randn(1, 2, 8), torch.zeros(1, 2, dtype=torch.long), temperature=0.0)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_matmul_copy_has_bf16_matmul_weights_and_shares_the_fp32_embedding(tied):
+    model = OLMo(small_config(tie_embeddings=tied))
+    copy = model.matmul_copy(torch.bfloat16)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for name, lin in linears.items():
+        w = copy.get_submodule(name).weight
+        assert w.dtype == torch.bfloat16 and not w.requires_grad
+        assert torch.equal(w, lin.weight.detach().to(torch.bfloat16))
+    assert copy.wte.weight is model.wte.weight and copy.wte.weight.dtype == torch.float32
+    assert copy.rope_cos is model.rope_cos and copy.rope_sin is model.rope_sin
+    assert copy.lm_head.weight.data_ptr() != copy.wte.weight.data_ptr()  # a tied head gets its own bf16 copy
+    assert not copy.training and not any(p.is_meta for p in copy.parameters())
+    copied = sum(m.weight.numel() * m.weight.element_size() for m in copy.modules() if isinstance(m, torch.nn.Linear))
+    # What the memory plan counts: 2 bytes per parameter of a tied model; an untied one's embedding is shared.
+    assert copied == 2 * (model.num_params() - (0 if tied else model.wte.weight.numel()))
+
+
 @pytest.mark.parametrize("block", [128, 5])  # one block; blocks of 5 query rows (the last one partial)
 def test_materialized_attention_matches_sdpa_forward_and_backward(block):
     torch.manual_seed(0)

@@ -213,3 +213,78 @@ def test_failed_compilation_falls_back_to_eager_decoding(model, monkeypatch):
     assert M._COMPILED_DECODE is False
     eager = generate(model, prompts, dataclasses.replace(cfg, compile="off"), eos_id=V - 1, seed=0)
     assert [g.tokens for g in fallback] == [g.tokens for g in eager]
+
+
+def autocast_on_fp32_weights(model, cfg):
+    """The sampler as it was before its bf16 weight copy: autocast casts the fp32 weights at every step."""
+    return getattr(model, "module", model)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_bf16_weight_copy_samples_exactly_what_autocast_on_fp32_weights_samples(model, monkeypatch, tied):
+    """Decoding with bf16 copies of the matmul weights gives the tokens and log-probs (bit for bit) of autocast
+    casting the fp32 weights, for a tied and an untied head: sampled rows, nucleus rows, greedy rows, rows that
+    stop at an EOS (the batch shrinks) and at stop sequences."""
+    torch.manual_seed(1)
+    untied = OLMo(dataclasses.replace(model.config, tie_embeddings=False)).eval()
+    m = model if tied else untied
+    prompts = prompts_of([3, 17, 8, 1, 9])
+    free = generate(m, prompts, SampleConfig(max_new_tokens=30, temperature=0.0), eos_id=-1, seed=0)
+    eos = free[1].tokens[6]  # a token the model emits, so that some rows stop early
+    calls = [dict(cfg=SampleConfig(max_new_tokens=30, temperature=0.7, n=3, dtype="bfloat16")),
+             dict(cfg=SampleConfig(max_new_tokens=30, temperature=1.0, top_p=0.8, n=2, greedy_first=True,
+                                   dtype="bfloat16"), stop_sequences=[free[0].tokens[2:4]])]
+    for kw in calls:
+        copy = generate(m, prompts, eos_id=eos, seed=3, **kw)
+        with monkeypatch.context() as patch:
+            patch.setattr(sampler, "sampling_model", autocast_on_fp32_weights)
+            cast = generate(m, prompts, eos_id=eos, seed=3, **kw)
+        assert [(g.tokens, g.logprobs, g.stop) for g in copy] == [(g.tokens, g.logprobs, g.stop) for g in cast]
+        assert len({len(g.tokens) for g in copy}) > 2 and any(g.finished for g in copy)
+
+
+class Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts, while active, the operations of interest to the tests below."""
+
+    # Operations that make the host wait for the device (a value read back, or an output size that depends on data).
+    SYNCS = {torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+             torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default, torch.ops.aten.equal.default}
+
+    def __init__(self, weights=()):
+        super().__init__()
+        self.weights = {w.data_ptr() for w in weights}
+        self.syncs = self.host_tensors = self.weight_casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.syncs += func in self.SYNCS
+        self.host_tensors += func is torch.ops.aten.lift_fresh.default  # torch.tensor(host data): a host-to-device copy
+        x = args[0] if args else None
+        self.weight_casts += (isinstance(x, torch.Tensor) and x.data_ptr() in self.weights
+                              and isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16)
+        return out
+
+
+def test_bf16_sampling_casts_each_matmul_weight_once_per_call(model):
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    casts = []
+    for tokens in (4, 20):
+        with Recorder(linears) as rec:
+            generate(model, prompts_of([5, 9]), SampleConfig(max_new_tokens=tokens, n=2, dtype="bfloat16"),
+                     eos_id=-1, seed=0)
+        casts.append(rec.weight_casts)
+    assert casts == [len(linears)] * 2  # (with autocast casting them, 5 times per token decoded)
+
+
+def test_decoding_loop_waits_for_the_device_only_at_the_periodic_looks(model, monkeypatch):
+    """Host synchronisations and host-to-device copies per call do not grow with the tokens decoded between two
+    looks at the batch (sampler.CHECK_EVERY), nor with the number of prompts."""
+    monkeypatch.setattr(sampler, "CHECK_EVERY", 8)
+    counts = []
+    for n_prompts, tokens in ((2, 9), (6, 15)):  # one look (after token 8) in both; no row stops (eos_id -1)
+        with Recorder() as rec:
+            generate(model, prompts_of([4, 11, 7, 2, 9, 5][:n_prompts]), SampleConfig(max_new_tokens=tokens, n=2),
+                     eos_id=-1, seed=0)
+        counts.append((rec.syncs, rec.host_tensors))
+    assert counts[0] == counts[1], counts
+    assert counts[0][0] > 0  # (the look itself is seen)

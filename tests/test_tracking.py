@@ -3,6 +3,7 @@
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,18 @@ def of_kind(records: list, kind: str) -> list:
     return [r for r in records if r.WhichOneof("record_type") == kind]
 
 
+def finished_run_records(run_dir: Path) -> list:
+    """The records of the stage's one W&B run file once they end with the run's exit record: W&B's service
+    process writes the file on its own after `finish()` returns (seen: the 7-byte header alone, then the run)."""
+    deadline = time.monotonic() + 60
+    while True:
+        [run_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        records = wandb_records(run_file)
+        if of_kind(records, "exit") or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def offline_wandb(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
@@ -59,8 +72,8 @@ def test_wandb_gets_every_scalar_and_the_resolved_config_once_and_a_resume_conti
     tracker.log({"step": 2, "reward_mean": 0.75, "format_acc/text": 1.0}, 2, "rl")
     tracker.close()
 
+    records = finished_run_records(run_dir)
     [run_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    records = wandb_records(run_file)
     [run] = of_kind(records, "run")
     assert (run.run.display_name, run.run.run_group, run.run.job_type) == ("as_fm3_tg/rl", "as_fm3_tg", "rl")
     assert run.run.run_id == (run_dir / "wandb_run_id").read_text().strip()

@@ -618,6 +618,27 @@ class OLMo(nn.Module):
         cache.glen = cache.glen + 1
         return logits
 
+    @torch.no_grad()
+    def matmul_copy(self, dtype: torch.dtype) -> "OLMo":
+        """An inference-only model whose matmul weights (attention, MLP and output head) are copies of these in
+        `dtype`, and whose embedding and RoPE tables are these very tensors (shared, not copied).
+
+        For sampling under autocast to `dtype`: autocast casts every fp32 weight to `dtype` for each matmul at
+        every decode step (4x the weight traffic of reading bf16 weights) and keeps the embedding lookup, norms
+        and softmaxes in fp32. With the matmul weights already in `dtype` its casts are no-ops and everything it
+        kept in fp32 still reads fp32 tensors, so decoding gives the same tokens and log-probs bit for bit
+        (`.to(dtype)` rounds as autocast's cast does). A tied head gets its own copy (the lookup stays fp32), so
+        the copy takes 2 bytes per parameter of a tied model, less for an untied one (its input embedding is
+        shared). Make it after each weight update: it does not follow later ones."""
+        with torch.device("meta"):
+            copy = OLMo(self.config)
+        copy.wte.weight = self.wte.weight
+        for name, module in copy.named_modules():
+            if isinstance(module, nn.Linear):  # (a tied head is untied here: lm_head gets its own tensor)
+                module.weight = nn.Parameter(self.get_submodule(name).weight.detach().to(dtype), requires_grad=False)
+        copy.rope_cos, copy.rope_sin = self.rope_cos, self.rope_sin
+        return copy.eval()
+
     # -- persistence -------------------------------------------------------------------------------------------
 
     def save(self, dir: str | Path) -> None:

@@ -19,7 +19,9 @@ How it stays fast (a decode step at these widths costs in per-operation overhead
     answer and n - 1 samples share one prefill and one decoding loop (evaluate.py);
   * optional stop sequences (token ids; the interpreter's "</llm-code>", see interpreter.py) are compared on the
     device with each row's last generated tokens, so they cost no extra synchronisation;
-  * bf16 autocast is optional (SampleConfig.dtype).
+  * bf16 autocast is optional (SampleConfig.dtype); it decodes with a bf16 copy of the matmul weights
+    (`sampling_model`, made once per call or once by the caller for several), so no step casts weights, with
+    the tokens and log-probs autocast gives on the fp32 weights.
 """
 
 from __future__ import annotations
@@ -99,6 +101,18 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
     return tok, logp
 
 
+def sampling_model(model, cfg: SampleConfig) -> OLMo:
+    """The model `generate` decodes with under `cfg`: the model itself (a DistributedDataParallel wrapper's
+    module) for fp32 sampling; for bf16 sampling, a copy with bf16 matmul weights (model.OLMo.matmul_copy), unless
+    they are bf16 already. A caller that samples several times from the same weights (a rollout's calls) makes it
+    once and hands it to each call; it holds 2 bytes per parameter (less when untied) while it lives."""
+    model = getattr(model, "module", model)
+    linears = [m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if cfg.dtype != "bfloat16" or all(d == torch.bfloat16 for d in linears):
+        return model
+    return model.matmul_copy(torch.bfloat16)
+
+
 def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
     """Whether to decode through torch.compile. cfg.compile "on"/"off" decide; "auto" compiles on a GPU for
     calls of at least COMPILE_MIN_WORK rows x tokens, and stays eager on a CPU, where compiling costs about
@@ -176,6 +190,7 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     n, N = cfg.n, len(prompts) * cfg.n
     if N == 0 or cfg.max_new_tokens == 0:
         return [Generation(i // n, [], [], False) for i in range(N)]
+    model = sampling_model(model, cfg)
     device = model.wte.weight.device
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = cfg.dtype == "bfloat16"
@@ -205,11 +220,9 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     from tqdm import tqdm
 
     bar = tqdm(total=int(limit.sum()), desc="generate", unit="tok", disable=not progress, dynamic_ncols=True)
+    P = max(len(p) for p in uniq)
+    idx = torch.tensor([list(p) + [0] * (P - len(p)) for p in uniq], device=device)  # right-padded; one copy
     with autocast:
-        P = int(plen.max())
-        idx = torch.zeros((len(uniq), P), dtype=torch.long, device=device)  # right-padded with 0s
-        for u, p in enumerate(uniq):
-            idx[u, :len(p)] = torch.tensor(p, device=device)
         logits, pk, pv = model.prefill(idx, plen, cache_dtype)  # (U, V) at each prompt's last token; (L, U, H, P, hd)
         # Room for every row's longest continuation, allocated once (see model.SampleCache).
         capacity = int(limit.max())

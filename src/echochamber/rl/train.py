@@ -34,7 +34,7 @@ from ..format_metrics import within_format
 from ..formats import LABELS, format_stats
 from ..model import OLMo
 from ..runio import append_jsonl, atomic_write_json, write_jsonl
-from ..sampler import SampleConfig
+from ..sampler import SampleConfig, sampling_model
 from ..tracking import Tracker
 from ..training import RunFolderError, autocast_ctx, exclusive, start_or_resume, trainer_state
 from . import rollout as ro
@@ -242,9 +242,10 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
         step += 1
         batch = [problems[i] for i in stream.take(per_step)][mine[0]:mine[1]]
         model.eval()
-        roll = ro.collect(model, tok, batch, scfg, seed=rcfg.seed * 100_003 + step, mode=rcfg.mode,
-                          reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool, chunk_prompts=chunk,
-                          first_chunk=first_chunk, device=device, interpreter=rcfg.interpreter)
+        # All of the step's sampling calls decode with one bf16 copy of the updated weights (sampler.sampling_model).
+        roll = ro.collect(sampling_model(model, scfg), tok, batch, scfg, seed=rcfg.seed * 100_003 + step,
+                          mode=rcfg.mode, reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool,
+                          chunk_prompts=chunk, first_chunk=first_chunk, device=device, interpreter=rcfg.interpreter)
         roll.offset, roll.n_global = mine[0] * scfg.n, per_step * scfg.n
         t1 = time.perf_counter()
         model.train()
