@@ -85,8 +85,10 @@ def test_rl_plan_and_cli_dry_run(capsys, monkeypatch):
     if "gsm8k:train: 7,473 questions" not in plan:
         pytest.skip("../shared/data not present: GSM8K train is not here")
     assert "1,160 rollouts x 64 prompts = 9.93 passes" in plan and "9,280 optimizer steps" in plan
-    for stage in ("pretrain", "rl", "data"):
+    for stage in ("pretrain", "rl", "data", "eval"):
         with pytest.raises(SystemExit) as e:
             main([stage, "--config", "paper_150m", "--dry-run", "out_dir=/nonexistent/run"])
         assert e.value.code == 0
-        assert capsys.readouterr().out.startswith(f"plan: {stage}")
+        out = capsys.readouterr().out
+        assert out.startswith(f"plan: {stage}")
+        assert stage == "data" or "memory per GPU (8 GPUs; memory.py)" in out and " fits " in out

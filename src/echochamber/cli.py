@@ -30,8 +30,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="YAML config: a path or a built-in name (default: quickstart)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rl.kl_coef=0.01")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (parameters, tokens, steps, batch, memory, checkpoint size, hours on 8 H100s) "
-                        "and exit")
+                   help="print the plan (parameters, tokens, steps, batch, memory per GPU by component, checkpoint "
+                        "size, hours on 8 H100s; WORLD_SIZE sets the GPUs, memory_gb the budget) and exit, non-zero "
+                        "when it does not fit in memory")
 
 
 def _add_sweep_dry_run(p: argparse.ArgumentParser) -> None:
@@ -56,8 +57,11 @@ def _load(args):
         from .plan import PLANS
 
         if args.command not in PLANS:
-            sys.exit(f"echochamber {args.command}: --dry-run plans data, pretrain and rl")
-        print(PLANS[args.command](cfg))
+            sys.exit(f"echochamber {args.command}: --dry-run plans data, pretrain, rl and eval")
+        text, mem = PLANS[args.command](cfg)
+        print(text)
+        if mem is not None and not mem.fits:  # the run would run out of memory: say which setting to change
+            sys.exit(f"echochamber {args.command}: {mem.refusal()}")
         sys.exit(0)
     return cfg
 

@@ -233,6 +233,8 @@ class RunConfig:
         for section in (self.data, self.pretrain, self.rl):
             if section.seed is None:
                 section.seed = self.seed
+        if not self.memory_gb >= 0:
+            raise ValueError(f"memory_gb must be >= 0 (0 = the device's memory), got {self.memory_gb!r}")
 
 
 def load_run_config(path: str | Path | None = "quickstart", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

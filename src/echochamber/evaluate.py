@@ -28,7 +28,7 @@ import torch
 
 
 from . import distributed as dist
-from . import formats
+from . import formats, memory
 from . import probe as forced
 from .checks import check
 from .format_metrics import within_format
@@ -129,7 +129,7 @@ def load_dataset(spec: str, n: int, cfg, data_path: str | None) -> list[Problem]
 
 def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg: EvalConfig, *, seed: int,
                      out_dir: Path | None, name: str, pool=None, progress: bool = True,
-                     ctx: dist.DistContext | None = None) -> dict:
+                     ctx: dist.DistContext | None = None, free_bytes: float = math.inf) -> dict:
     """Greedy pass@1 and format shares (and, with n_samples, pass@k, maj@k and sampled shares) of one dataset.
     Under torchrun each process generates and grades its slice of the problems; the rows are gathered, every
     process computes the same result, and rank 0 writes the rows."""
@@ -138,7 +138,7 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
     mine = problems[lo:hi]
     questions, golds = [p.question for p in mine], [p.answer for p in mine]
     greedy, samples = greedy_and_samples(model, tok, questions, ecfg, seed=seed, rank=ctx.rank, name=name,
-                                         progress=progress, pool=pool)
+                                         progress=progress, pool=pool, free_bytes=free_bytes)
     graded = formats.grade_many(greedy, golds, mode=ecfg.mode, pool=pool,
                                 prompts=questions if ecfg.grade_sees_prompt else None)
     # tokens: the response re-encoded (no EOS), the length format_metrics averages per format.
@@ -177,36 +177,54 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
 
 
 def greedy_and_samples(model: OLMo, tok: Tokenizer, questions: list[str], ecfg: EvalConfig, *, seed: int,
-                       rank: int, name: str, progress: bool, pool=None) -> tuple[list[str], list[list[str]] | None]:
+                       rank: int, name: str, progress: bool, pool=None,
+                       free_bytes: float = math.inf) -> tuple[list[str], list[list[str]] | None]:
     """(the greedy response to each question, its ecfg.n_samples samples or None when n_samples is 0). Greedy
-    calls take batch_prompts prompts, sampled calls about 8 x batch_prompts rows."""
+    calls take batch_prompts prompts, sampled calls about 8 x batch_prompts rows, or when their KV cache does not
+    fit in free_bytes (memory.MemoryPlan.sampling_room; inf on a CPU) the questions cut into the fewest equal
+    calls that fit (memory.fitted_prompts)."""
     n = ecfg.n_samples
     greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype)
     sample_cfg = dataclasses.replace(greedy_cfg, temperature=ecfg.temperature, top_p=ecfg.top_p, n=n)
     sample_seed = seed + 10_000 + rank
+    longest = 0 if math.isinf(free_bytes) else max(map(len, tok.encode_batch(questions, add_bos=ecfg.add_bos)),
+                                                   default=0)
+    base = getattr(model, "module", model)  # (a DistributedDataParallel wrapper samples with its module)
+    elem = memory.cache_element_bytes(ecfg.sample_dtype, base.wte.weight.device.type)
+
+    def per_call(want: int, rows: int) -> int:
+        return memory.fitted_prompts(base.config, ecfg.max_new_tokens, free_bytes, want, rows, longest, elem,
+                                     len(questions))
+
     if n > 0 and not ecfg.interpreter:
         # One call per chunk for both: row 0 of a problem's n + 1 rows is greedy, all from one prefill. (With the
         # interpreter they stay two calls: its later rounds continue every row alone, n = 1, where greedy_first
         # could not tell the greedy row from the samples.)
         both = generate_texts(model, tok, questions, dataclasses.replace(sample_cfg, n=n + 1, greedy_first=True),
-                              sample_seed, max(1, 8 * ecfg.batch_prompts // (n + 1)), f"eval {name} greedy + x{n}",
-                              progress, ecfg.add_bos)
+                              sample_seed, per_call(max(1, 8 * ecfg.batch_prompts // (n + 1)), n + 1),
+                              f"eval {name} greedy + x{n}", progress, ecfg.add_bos)
         return [t[0] for t in both], [t[1:] for t in both]
-    greedy = [t[0] for t in generate_texts(model, tok, questions, greedy_cfg, seed, ecfg.batch_prompts,
+    greedy = [t[0] for t in generate_texts(model, tok, questions, greedy_cfg, seed, per_call(ecfg.batch_prompts, 1),
                                            f"eval {name} greedy", progress, ecfg.add_bos, ecfg.interpreter, pool)]
     if n == 0:
         return greedy, None
-    return greedy, generate_texts(model, tok, questions, sample_cfg, sample_seed, max(1, 8 * ecfg.batch_prompts // n),
-                                  f"eval {name} x{n}", progress, ecfg.add_bos, ecfg.interpreter, pool)
+    return greedy, generate_texts(model, tok, questions, sample_cfg, sample_seed,
+                                  per_call(max(1, 8 * ecfg.batch_prompts // n), n), f"eval {name} x{n}", progress,
+                                  ecfg.add_bos, ecfg.interpreter, pool)
 
 
 def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, pool=None,
              progress: bool = True, extra: dict | None = None, n_problems: int | None = None,
-             ctx: dist.DistContext | None = None) -> dict:
+             ctx: dist.DistContext | None = None, free_bytes: float | None = None) -> dict:
     """Evaluate on every dataset of cfg.eval (n_problems of each, default eval.n_problems); writes
     out_root/step_N.json (with `extra`'s keys, e.g. which weights were evaluated) and out_root/step_N/*.jsonl
-    (rank 0 under torchrun, where the problems are split over the processes)."""
+    (rank 0 under torchrun, where the problems are split over the processes). free_bytes: what the sampler's
+    calls may take (RL passes its plan's); None: `echochamber eval`'s plan (memory.eval_memory)."""
     ecfg: EvalConfig = cfg.eval
+    if free_bytes is None:
+        base = getattr(model, "module", model)
+        free_bytes = memory.eval_memory(cfg, ctx.world_size if ctx else 1, base.config,
+                                        memory.device_budget(cfg, base.wte.weight.device)).sampling_room
     step_dir = out_root / f"step_{step:06d}"
     was_training = model.training
     model.eval()
@@ -215,7 +233,7 @@ def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, poo
         name = spec.replace(":", "_")
         problems = load_dataset(spec, ecfg.n_problems if n_problems is None else n_problems, cfg, ecfg.data_path)
         results[name] = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir, name=name,
-                                         pool=pool, progress=progress, ctx=ctx)
+                                         pool=pool, progress=progress, ctx=ctx, free_bytes=free_bytes)
         if ecfg.probe:
             results[name]["probe"] = forced.probe_dataset(model, tok, problems, ecfg, seed=cfg.seed,
                                                           unforced=results[name], pool=pool, out_dir=step_dir,

@@ -8,10 +8,9 @@ The plan is arithmetic on the config (and on the built data when it is there), n
     FLOPs per token  6 N + 12 L d T  (PaLM, Chowdhery et al. 2022, appendix B): N the parameters that do matmuls
                      (every block, and the output head; not the input embedding, a lookup), L layers, d width,
                      T the context; forward 1/3 of it, backward 2/3
-    memory per GPU   16 bytes per parameter for fp32 weights, fp32 gradients and AdamW's two fp32 moments
-                     (DDP keeps all of it on every GPU), plus activations: 34 T b d L bytes with bf16 autocast and
-                     flash attention (Korthikanti et al. 2022, "Reducing activation recomputation", eq. 2 without
-                     its attention-score term) plus the head's fp32 logits, b T V x 4 bytes
+    memory per GPU   memory.py's model by component (weights, gradients, optimizer, critic, reference, sampling
+                     weights, KV cache, logits, activations), its peak against the device's budget, and how the
+                     sampler's calls are cut to fit; `--dry-run` refuses a plan that does not fit
     checkpoint       fp32 weights (4 bytes/parameter) + AdamW moments (8 bytes/parameter)
     hours            total FLOPs / (GPUs x 989 TFLOP/s x MFU): H100 SXM dense bf16 peak, at the MFU stated
 
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from . import memory
 from .model import ModelConfig, OLMo
 
 H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of one H100 SXM (NVIDIA datasheet; 1979e12 is with sparsity)
@@ -94,10 +94,6 @@ class ModelNumbers:
         c = self.config
         return 6 * self.matmul_params + 12 * c.n_layers * c.d_model * context
 
-    def activation_bytes(self, micro_batch: int, context: int) -> float:
-        c = self.config
-        return 34 * context * micro_batch * c.d_model * c.n_layers + micro_batch * context * c.vocab_size * 4
-
 
 def model_numbers(model_cfg: ModelConfig, vocab_size: int) -> ModelNumbers:
     """Parameter counts of the configured model, from an instance on the meta device (no memory)."""
@@ -151,7 +147,7 @@ def _rows(rows: list[tuple[str, str]]) -> str:
 
 # ----------------------------------------------------------------------------- plans
 
-def pretrain_plan(cfg) -> str:
+def _pretrain(cfg) -> tuple[str, memory.MemoryPlan]:
     from .data import load_manifest
 
     pcfg = cfg.pretrain
@@ -194,12 +190,8 @@ def pretrain_plan(cfg) -> str:
         if manifest:
             rows.append(("mixture", f"{manifest['mixture']}: {manifest['totals']['train_tokens'] / 1e9:,.2f}B train "
                                     f"tokens; {tokens / manifest['totals']['train_tokens']:.2f} epochs"))
-    states = 16 * m.params
-    act = m.activation_bytes(pcfg.batch_size, T)
+    mem = memory.pretrain_memory(cfg, world, c)
     rows += [
-        ("memory per GPU", f"{_gb(states + act)} = {_gb(states)} weights, gradients and AdamW moments (16 B/param, "
-                           f"DDP) + {_gb(act)} activations (micro-batch {pcfg.batch_size} x {T}, bf16, flash "
-                           f"attention; with FSDP the states are /{world})"),
         ("checkpoint", f"{_gb(12 * m.params)} each (fp32 weights {_gb(4 * m.params)} + AdamW moments "
                        f"{_gb(8 * m.params)}); the last {pcfg.keep_checkpoints} kept, every {pcfg.ckpt_every:,} steps"),
         ("FLOPs per token", f"{flops_token / 1e9:,.2f} GFLOP (6 x {m.matmul_params / 1e6:,.1f}M + "
@@ -212,11 +204,21 @@ def pretrain_plan(cfg) -> str:
         rows.append(("time", f"{_hours(flops_token * tokens, world):,.1f} hours on {world} H100s at {PLAN_MFU:.0%} "
                              f"MFU ({H100_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16 peak each; "
                              f"{flops_token * tokens:.2e} FLOPs)"))
-    return f"plan: pretrain {c.preset} on {cfg.data.mixture or 'the listed sources'}\n" + _rows(rows)
+    return (f"plan: pretrain {c.preset} on {cfg.data.mixture or 'the listed sources'}\n" + _rows(rows)
+            + _memory_rows(mem, world)), mem
 
 
-def _prompt_tokens(cfg, problems) -> tuple[float, str]:
-    """Mean prompt length in tokens, with the tokenizer the RL run will use when it is here."""
+def _memory_rows(mem: memory.MemoryPlan, world: int) -> str:
+    return f"\nmemory per GPU ({world} GPU{'s' * (world != 1)}; memory.py)\n" + mem.table()
+
+
+ASSUMED_PROMPT = (100.0, 300)  # (mean, longest) prompt tokens assumed where the prompts cannot be read here
+
+
+def _prompt_lengths(cfg, problems) -> tuple[float, int, str]:
+    """(mean, longest) prompt length in tokens, with the tokenizer the RL run will use when it is here (else
+    characters / 4 for the mean and / 3 for the longest, a bound: numbers are split into digits), and where
+    they come from."""
     from .tokenizer import Tokenizer
 
     init = Path(cfg.rl.init) if cfg.rl.init else Path(cfg.out_dir) / "pretrain" / "model"
@@ -226,30 +228,62 @@ def _prompt_tokens(cfg, problems) -> tuple[float, str]:
     for path, what in candidates:
         if path.exists():
             ids = Tokenizer.load(path).encode_batch([p.question for p in problems])
-            return sum(map(len, ids)) / len(ids), what
-    return sum(len(p.question) for p in problems) / len(problems) / 4, "characters / 4: no tokenizer here yet"
+            return sum(map(len, ids)) / len(ids), max(map(len, ids)), what
+    chars = [len(p.question) for p in problems]
+    return sum(chars) / len(chars) / 4, -(-max(chars) // 3), "characters / 4 (longest: / 3): no tokenizer here yet"
 
 
-def train_prompts(cfg, n: int | None = None) -> tuple[int, float, str]:
-    """(how many prompts RL draws from, their mean length in tokens, where that length comes from), from the first
-    n problems of rl.train_source (default: rl.train_problems of them); 100 tokens assumed where the source
+def train_prompt_lengths(cfg, n: int | None = None) -> tuple[int, float, int, str]:
+    """(how many prompts RL draws from, their mean and longest length in tokens, where those come from), from the
+    first n problems of rl.train_source (default: rl.train_problems of them); ASSUMED_PROMPT where the source
     cannot be read here."""
     from .evaluate import load_dataset
 
     r = cfg.rl
     try:
         problems = load_dataset(r.train_source, r.train_problems if n is None else n, cfg, cfg.eval.data_path)
-        return len(problems), *_prompt_tokens(cfg, problems)
+        return len(problems), *_prompt_lengths(cfg, problems)
     except (FileNotFoundError, ImportError, ValueError) as e:
-        return r.train_problems, 100.0, f"assumed ({e})"
+        return r.train_problems, *ASSUMED_PROMPT, f"assumed ({e})"
 
 
-def rl_plan(cfg) -> str:
+def train_prompts(cfg, n: int | None = None) -> tuple[int, float, str]:
+    """(how many prompts RL draws from, their mean length in tokens, where that length comes from)
+    (train_prompt_lengths)."""
+    count, mean, _, src = train_prompt_lengths(cfg, n)
+    return count, mean, src
+
+
+def eval_prompt_lengths(cfg) -> tuple[int, str]:
+    """The longest prompt of the evaluation datasets that can be read here (a hub dataset is not downloaded for
+    an estimate), and where it comes from; ASSUMED_PROMPT's where none can."""
+    from .evaluate import load_dataset
+
+    longest, where = 0, []
+    for spec in cfg.eval.datasets:
+        if spec.partition(":")[0] == "hub":
+            continue
+        try:
+            problems = load_dataset(spec, cfg.eval.n_problems, cfg, cfg.eval.data_path)
+        except (FileNotFoundError, ImportError, ValueError):
+            continue
+        if problems:
+            _, most, src = _prompt_lengths(cfg, problems)
+            longest, where = max(longest, most + cfg.eval.add_bos), where + [f"{spec} ({src})"]
+    if not longest:
+        return ASSUMED_PROMPT[1], "assumed: no evaluation set here"
+    return longest, ", ".join(where)
+
+
+def _rl(cfg) -> tuple[str, memory.MemoryPlan]:
     r = cfg.rl
     world, world_src = _world_size()
     vocab, vocab_src = _vocab(cfg)
     m = model_numbers(cfg.model, vocab)
-    n_prompts, prompt, prompt_src = train_prompts(cfg)
+    n_prompts, prompt, longest, prompt_src = train_prompt_lengths(cfg)
+    eval_longest, _ = eval_prompt_lengths(cfg)
+    mem = memory.rl_memory(cfg, world, m.config, prompt_tokens=longest, eval_prompt_tokens=eval_longest,
+                           n_prompts=n_prompts)
     rollout = r.prompts_per_step * r.samples_per_prompt
     seq = prompt + r.max_new_tokens
     tokens_step = rollout * seq  # upper bound: every response runs to max_new_tokens
@@ -259,11 +293,7 @@ def rl_plan(cfg) -> str:
     per_token = m.flops_per_token(int(seq)) * (1 + (2 + 2 + (2 if r.kl_coef > 0 else 0)) / 6)
     flops = per_token * tokens_step * r.steps
     micro = r.micro_batch_size or r.minibatch_size
-    states = 16 * m.params
-    ref = 4 * m.params if r.kl_coef > 0 else 0
     c = m.config
-    kv = 2 * c.n_layers * c.d_model * 2 * seq * -(-rollout // world)  # bf16 keys + values of this GPU's rollouts
-    act = m.activation_bytes(micro, int(seq)) + 2 * micro * seq * c.vocab_size * 4  # + log_softmax, entropy (fp32)
     rows = [
         ("parameters", f"{m.params / 1e6:,.1f}M policy ({c.preset}, vocab {vocab:,} from {vocab_src})"
                        + (f" + the same again as the reference model (kl_coef {r.kl_coef})" if r.kl_coef else
@@ -271,7 +301,7 @@ def rl_plan(cfg) -> str:
         ("GPUs", f"{world} ({world_src})"),
         ("prompts", f"{r.train_source}: {n_prompts:,} questions (rl.train_problems {r.train_problems}: "
                     f"{'all' if not r.train_problems else 'the first ' + str(r.train_problems)}), "
-                    f"{prompt:,.0f} tokens each on average ({prompt_src})"),
+                    f"{prompt:,.0f} tokens each on average, the longest {longest:,} ({prompt_src})"),
         ("steps", f"{r.steps:,} rollouts x {r.prompts_per_step} prompts = {r.steps * r.prompts_per_step / max(1, n_prompts):.2f} "
                   f"passes over the prompts; {opt_steps:,} optimizer steps (mini-batch {r.minibatch_size}, "
                   f"{r.epochs} epoch)"),
@@ -280,9 +310,6 @@ def rl_plan(cfg) -> str:
         ("tokens per step", f"up to {tokens_step:,.0f} ({rollout} x ({prompt:,.0f} prompt + {r.max_new_tokens} new); "
                             f"responses that stop at EOS are shorter)"),
         ("tokens", f"up to {tokens_step * r.steps / 1e9:,.2f}B generated and trained on"),
-        ("memory per GPU", f"{_gb(states + ref + kv + act)} = {_gb(states)} policy with gradients and Adam + "
-                           f"{_gb(ref)} reference (fp32) + {_gb(kv)} KV cache ({-(-rollout // world)} sequences) + "
-                           f"{_gb(act)} update activations and logits (micro-batch {micro})"),
         ("checkpoint", f"{_gb(12 * m.params)} each (fp32 weights + Adam moments), every {r.ckpt_every} steps"),
         ("evaluation", f"{', '.join(cfg.eval.datasets)} every {r.eval_every} steps: greedy"
                        + (f" + {cfg.eval.n_samples} samples per problem" if cfg.eval.n_samples else " only")
@@ -291,7 +318,43 @@ def rl_plan(cfg) -> str:
                  f"{flops:.2e} FLOPs of training and rollouts (upper bound on tokens; generation is memory-bound "
                  f"and runs well below {PLAN_MFU:.0%} MFU, evaluation not included)"),
     ]
-    return f"plan: rl ({r.algo}) from {r.init or Path(cfg.out_dir) / 'pretrain' / 'model'}\n" + _rows(rows)
+    return (f"plan: rl ({r.algo}) from {r.init or Path(cfg.out_dir) / 'pretrain' / 'model'}\n" + _rows(rows)
+            + _memory_rows(mem, world)), mem
+
+
+def _eval(cfg) -> tuple[str, memory.MemoryPlan]:
+    e = cfg.eval
+    world, world_src = _world_size()
+    vocab, vocab_src = _vocab(cfg)
+    m = model_numbers(cfg.model, vocab)
+    longest, longest_src = eval_prompt_lengths(cfg)
+    mem = memory.eval_memory(cfg, world, m.config, prompt_tokens=longest)
+    rows = [
+        ("model", f"{e.model or Path(cfg.out_dir) / 'pretrain' / 'model'}: {m.params / 1e6:,.1f}M parameters "
+                  f"({m.config.preset}, vocab {vocab:,} from {vocab_src})"),
+        ("GPUs", f"{world} ({world_src}); each evaluates its share of the problems"),
+        ("datasets", f"{', '.join(e.datasets)}: " + (f"the first {e.n_problems:,}" if e.n_problems else "all")
+                     + " problems each; the longest prompt " + f"{longest:,} tokens ({longest_src})"),
+        ("generation", "greedy" + (f" + {e.n_samples} samples at temperature {e.temperature}, top-p {e.top_p}"
+                                   if e.n_samples else " only") + f", up to {e.max_new_tokens} new tokens, "
+                                                                  f"{e.sample_dtype}"),
+    ]
+    return f"plan: eval {m.config.preset}\n" + _rows(rows) + _memory_rows(mem, world), mem
+
+
+def pretrain_plan(cfg) -> str:
+    """The pretraining plan's text (_pretrain: with its memory plan)."""
+    return _pretrain(cfg)[0]
+
+
+def rl_plan(cfg) -> str:
+    """The RL plan's text (_rl: with its memory plan)."""
+    return _rl(cfg)[0]
+
+
+def eval_plan(cfg) -> str:
+    """The evaluation plan's text (_eval: with its memory plan)."""
+    return _eval(cfg)[0]
 
 
 def data_plan(cfg) -> str:
@@ -426,13 +489,13 @@ class Stopwatch:
 def rollout_calls(r, n_prompts: int) -> tuple[int, int, int]:
     """(sampler calls, prompts per call, samples per prompt) of one RL step's rollout (Expert Iteration: a round,
     prompts_per_round 0 = all n_prompts); calls hold at most 512 rows unless rl.rollout_chunk_prompts says
-    otherwise (rollout.collect)."""
+    otherwise (memory.sampler_calls, rollout.collect's rule, on a machine without a memory limit)."""
     if r.algo == "ei":
         prompts, n = r.ei.prompts_per_round or n_prompts, r.ei.samples_per_prompt
     else:
         prompts, n = r.prompts_per_step, r.samples_per_prompt
-    per_call = min(prompts, r.rollout_chunk_prompts or max(1, 512 // n))
-    return -(-prompts // per_call), per_call, n
+    calls = memory.sampler_calls(prompts, n, r.rollout_chunk_prompts, 1 << 62)  # no memory limit: a CPU
+    return len(calls), max(b - a for a, b, _, _ in calls), n
 
 
 def eval_calls(e, n_problems: int) -> tuple[int, int, int]:
@@ -516,4 +579,5 @@ def rl_seconds(cfg, model_cfg: ModelConfig, watch: Stopwatch) -> RLSeconds:
     return RLSeconds(generation, update, {k: evaluation(k) for k in sizes})
 
 
-PLANS = {"data": data_plan, "pretrain": pretrain_plan, "rl": rl_plan}
+# stage -> its plan: (the text --dry-run prints, the memory plan it refuses when it does not fit, or None)
+PLANS = {"data": lambda cfg: (data_plan(cfg), None), "pretrain": _pretrain, "rl": _rl, "eval": _eval}

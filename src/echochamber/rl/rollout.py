@@ -9,12 +9,13 @@ log-probability (policy, old policy, reference, Expert Iteration's SFT) comes fr
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .. import formats
+from .. import formats, memory
 from ..interpreter import sample
 from ..model import OLMo
 from ..rewards import reward
@@ -52,18 +53,24 @@ class Rollout:
 
 def collect(model: OLMo, tok: Tokenizer, problems: list[Problem], scfg: SampleConfig, *, seed: int, mode: str,
             reward_sees_prompt: bool, pool=None, chunk_prompts: int = 0, first_chunk: int = 0,
-            device="cpu", interpreter: bool = False) -> Rollout:
+            device="cpu", interpreter: bool = False, free_bytes: float = math.inf) -> Rollout:
     """Sample scfg.n responses per problem and grade them (code runs in the sandbox pool). Generation runs in
-    calls of chunk_prompts prompts (0: as many as fit in 512 rows); call c is seeded with seed + 7919 * (first_chunk
-    + c), so a process sampling its share of a step draws what one process sampling the whole step draws.
+    units of chunk_prompts prompts (0: as many as fit in 512 rows); unit c is seeded with seed + 7919 *
+    (first_chunk + c), so a process sampling its share of a step draws what one process sampling the whole step
+    draws. A unit whose KV cache does not fit in free_bytes (memory.MemoryPlan.sampling_room: the budget less
+    what stays resident; inf on a CPU) is cut into equal calls that fit, call j seeded + j x memory.SUBCALL_SEED
+    (memory.sampler_calls: the cut depends on the unit and the memory, not on the number of processes).
     interpreter: code blocks run in the sandbox while sampling (interpreter.py; rl.interpreter)."""
     t0 = time.perf_counter()
     prompts = tok.encode_batch([p.question for p in problems])
-    per_call = chunk_prompts or max(1, 512 // scfg.n)
+    fit = memory.rows_per_call(getattr(model, "module", model).config, scfg.max_new_tokens, free_bytes,
+                               rows_per_prompt=scfg.n, prompt_tokens=max(map(len, prompts), default=0), cap=None,
+                               element_bytes=memory.cache_element_bytes(scfg.dtype, torch.device(device).type))
     gens = []
-    for c, start in enumerate(range(0, len(prompts), per_call)):
-        gens += sample(model, tok, prompts[start:start + per_call], scfg, seed=seed + 7919 * (first_chunk + c),
-                       interpreter=interpreter, pool=pool)
+    for start, stop, c, j in memory.sampler_calls(len(prompts), scfg.n, chunk_prompts, fit // scfg.n):
+        gens += sample(model, tok, prompts[start:stop], scfg,
+                       seed=seed + 7919 * (first_chunk + c) + memory.SUBCALL_SEED * j, interpreter=interpreter,
+                       pool=pool)
     t1 = time.perf_counter()
     G = scfg.n
     texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])

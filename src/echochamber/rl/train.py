@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed as dist
+from .. import memory
 from ..checkpoint import export_model, save_checkpoint
 from ..cpu import pin_threads, rebalance
 from ..evaluate import evaluate, format_results, load_dataset, load_policy
@@ -205,6 +206,8 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
         raise ValueError(f"rl.rollout_chunk_prompts={chunk} must divide each process's share of the "
                          f"{per_step} prompts per step ({mine[1] - mine[0]} on rank {ctx.rank})")
     first_chunk = mine[0] // chunk if chunk else 0
+    # What one sampler call may take here: the memory budget less what RL keeps resident (memory.py; inf on a CPU).
+    room = memory.rl_memory(cfg, ctx.world_size, model.config, memory.device_budget(cfg, device)).sampling_room
 
     ckpt_root, metrics_path, eval_root = out_dir / "checkpoints", out_dir / "metrics.jsonl", out_dir / "eval"
     step, wall_before = 0, 0.0
@@ -223,7 +226,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
     def run_eval(at: int) -> dict:
         between = 0 < at < total_steps and cfg.eval.n_problems_between
         summary = evaluate(model, tok, cfg, step=at, out_root=eval_root, pool=pool, progress=progress,
-                           extra={"init": fingerprint}, ctx=ctx,
+                           extra={"init": fingerprint}, ctx=ctx, free_bytes=room,
                            n_problems=cfg.eval.n_problems_between if between else None)
         if ctx.is_main:
             (on_eval or _print_eval)(summary)
@@ -245,7 +248,8 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
         # All of the step's sampling calls decode with one bf16 copy of the updated weights (sampler.sampling_model).
         roll = ro.collect(sampling_model(model, scfg), tok, batch, scfg, seed=rcfg.seed * 100_003 + step,
                           mode=rcfg.mode, reward_sees_prompt=rcfg.reward_sees_prompt, pool=pool,
-                          chunk_prompts=chunk, first_chunk=first_chunk, device=device, interpreter=rcfg.interpreter)
+                          chunk_prompts=chunk, first_chunk=first_chunk, device=device, interpreter=rcfg.interpreter,
+                          free_bytes=room)
         roll.offset, roll.n_global = mine[0] * scfg.n, per_step * scfg.n
         t1 = time.perf_counter()
         model.train()
