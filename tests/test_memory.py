@@ -224,3 +224,15 @@ def test_dry_run_prints_the_table_and_refuses_what_does_not_fit(capsys, monkeypa
         main(["pretrain", "--config", "paper_1b", "--dry-run", "out_dir=/nonexistent/run", "pretrain.grad_accum=0",
               "memory_gb=40"])
     assert "pretrain.activation_checkpointing=true" in str(e.value.code)
+
+
+def test_fsdp_shards_the_states_but_accumulates_whole_gradients():
+    cfg = load_run_config("paper_1b", ["pretrain.fsdp=true", "pretrain.grad_accum=0"])
+    fsdp = memory.pretrain_memory(cfg, 8, budget=80e9)
+    cfg.pretrain.fsdp = False
+    ddp = memory.pretrain_memory(cfg, 8, budget=80e9)
+    n = memory.Sizes.of(plan_config(cfg)).params
+    assert fsdp.components["optimizer"] == 8 * n / 8 and ddp.components["optimizer"] == 8 * n
+    # 512 sequences = 8 x 8 GPUs x 8 micro-batches: the first 7 accumulate unsharded (no reduce-scatter)
+    assert fsdp.components["unsharded gradients"] == 4 * n and "DDP buckets" in ddp.components
+    assert fsdp.total < ddp.total and ddp.fits

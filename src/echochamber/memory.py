@@ -7,7 +7,8 @@ optimizer step (zero_grad(set_to_none=True)). Bytes, with N the parameters (a ti
 F the SwiGLU width, L layers, H heads, V the vocabulary, S max_seq_len:
 
     weights         4 N                  fp32 master weights (FSDP: / world size)
-    gradients       4 N_trainable        fp32 (FSDP: / world size; PPO: the larger of policy and critic)
+    gradients       4 N_trainable        fp32 (FSDP: / world size, and 4 N more unsharded while micro-batches
+                                         accumulate; PPO: the larger of policy and critic)
     DDP buckets     4 N                  DistributedDataParallel's own gradient buckets (pretraining, > 1 process)
     all-reduce      4 N                  RL's flat gradient buffer under torchrun (distributed.all_reduce_grads)
     optimizer       8 N_trainable        AdamW's two fp32 moments (FSDP: / world size)
@@ -278,6 +279,11 @@ def pretrain_memory(cfg, world_size: int, model_config: ModelConfig | None = Non
     if world_size > 1 and not fsdp:
         comp["DDP buckets"] = 4 * N
         notes["DDP buckets"] = "DistributedDataParallel's fp32 gradient buckets"
+    accum = p.grad_accum or max(1, getattr(p, "global_batch", 0) // (p.batch_size * world_size))
+    if fsdp and accum > 1:  # gradient sync on the last micro-batch only: the others accumulate unsharded
+        comp["unsharded gradients"] = 4 * N
+        notes["unsharded gradients"] = (f"fp32, accumulated over {accum} micro-batches before one reduce-scatter "
+                                        "(distributed.maybe_no_sync)")
     act = activation_bytes(mc, tokens, ckpt, weight_copies=not fsdp)
     if fsdp and bf16:  # FSDP2's bf16 parameters: a block's gathered weights (and the next one's, prefetched)
         act += 2 * 2 * (s.block_params / s.L) + 2 * s.V * s.C
