@@ -141,3 +141,62 @@ def test_whiten_over_processes_equals_whitening_the_whole_batch():
     w_top = whiten(*top, sum_over_processes=lambda t: t + sums(*bottom))
     w_bottom = whiten(*bottom, sum_over_processes=lambda t: t + sums(*top))
     assert torch.allclose(torch.cat([w_top, w_bottom]), whiten(x, m), atol=1e-6)
+
+
+def ppo(tied: bool, d_model: int = 16, **ppo_cfg):
+    """A PPO over tiny models (tied or untied output head) and a rollout of 2 prompts x 4 random samples."""
+    from echochamber.model import ModelConfig, OLMo
+    from echochamber.rl.ppo import PPO, PPOConfig
+
+    def model():
+        return OLMo(ModelConfig(preset="custom", d_model=d_model, n_layers=1, n_heads=2, mlp_hidden=32,
+                                max_seq_len=16, rope_theta=10000.0, tie_embeddings=tied,
+                                init_std=0.02).resolve(vocab_size=12))
+
+    torch.manual_seed(0)
+    cfg = RLConfig(algo="ppo", steps=1, prompts_per_step=2, samples_per_prompt=4, minibatch_size=4, lr=1e-3,
+                   autocast="float32", ppo=PPOConfig(**ppo_cfg))
+    alg = PPO(cfg, model(), None, critic_body=model(), pad_id=0, autocast=contextlib.nullcontext)
+    g = torch.Generator().manual_seed(0)
+    responses = [torch.randint(1, 12, (n,), generator=g).tolist() + [0] for n in (1, 3, 2, 4, 2, 1, 3, 2)]
+    roll = ro.Rollout(problems=[None, None], prompt_tokens=[[1, 2]] * 4 + [[3, 4]] * 4, response_tokens=responses,
+                      texts=[""] * 8, finished=[True] * 8, graded=[None] * 8,
+                      rewards=torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]), group_size=4)
+    return alg, roll
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_critic_trains_its_embedding_and_freezes_only_an_untied_head(tied):
+    alg, roll = ppo(tied)
+    body = alg.critic.body
+    assert body.wte.weight.requires_grad  # tied: it is also the (unused) output head, and it still trains
+    assert body.lm_head.weight.requires_grad == tied
+    before = body.wte.weight.detach().clone()
+    plan = alg.plan(roll, torch.Generator().manual_seed(0))
+    alg.advantages(roll, plan)
+    alg.update(roll, plan)
+    assert not torch.equal(before, body.wte.weight.detach())
+
+
+def test_the_value_head_starts_normal_with_std_one_over_d_plus_one():
+    alg, _ = ppo(True, d_model=512)
+    w = alg.critic.value_head.weight.detach().flatten()
+    assert w.std().item() == pytest.approx(1 / 513, rel=0.2)  # 512 draws: the estimate's own spread is ~3%
+    assert w.mean().abs().item() < 4 / 513 / 512 ** 0.5
+
+
+def test_the_critic_runs_at_the_actors_rate_down_to_its_own_floor():
+    from echochamber.training import cosine_lr
+
+    # Default: the actor's rate (1e-3 here) and its min_lr_ratio; the floor the authors' critic had: absolute.
+    for ppo_cfg, floor_ratio in (({}, 0.1), ({"critic_min_lr": 7e-4}, 0.7)):
+        alg, roll = ppo(True, **ppo_cfg)
+        plan = alg.plan(roll, torch.Generator().manual_seed(0))
+        alg.advantages(roll, plan)
+        stats = alg.update(roll, plan)  # two optimizer steps of the two in the run: the last at lr(1)
+        assert stats["critic/lr"] == pytest.approx(cosine_lr(1, 2, 1e-3, 0, floor_ratio))
+        assert stats["lr"] == pytest.approx(cosine_lr(1, 2, 1e-3, 0, 0.1))
+    alg, _ = ppo(True, critic_lr=2e-3)
+    assert alg.critic_opt.param_groups[0]["lr"] == 2e-3
+    with pytest.raises(ValueError, match="critic_min_lr"):
+        ppo(True, critic_lr=1e-4, critic_min_lr=2e-4)

@@ -93,9 +93,10 @@ def test_two_process_pretraining_equals_one_process_with_the_same_global_batch(t
                                         "pretrain.compile=on"])
     assert "training step compiled" in compiled.stderr and "failed" not in compiled.stderr
     assert_close(one, weights(tmp_path / "ddp_compiled" / "pretrain" / "model"), atol=1e-4)
-    # FSDP2 with activation checkpointing, stopped at step 6 and resumed from its gathered checkpoint.
-    fsdp = common + [f"out_dir={tmp_path / 'fsdp'}", "pretrain.batch_size=8", "pretrain.fsdp=true",
-                     "pretrain.activation_checkpointing=true"]
+    # FSDP2 with activation checkpointing and two micro-batches per step (gradients reduced on the second only),
+    # stopped at step 6 and resumed from its gathered checkpoint.
+    fsdp = common + [f"out_dir={tmp_path / 'fsdp'}", "pretrain.batch_size=4", "pretrain.grad_accum=2",
+                     "pretrain.fsdp=true", "pretrain.activation_checkpointing=true"]
     run(TORCHRUN + fsdp + ["pretrain.stop_at=6"])
     assert json.loads((tmp_path / "fsdp" / "pretrain" / "checkpoints" / "latest.json").read_text())["step"] == 6
     run(TORCHRUN + fsdp)
@@ -130,6 +131,41 @@ def test_two_process_rl_equals_one_process_and_resumes_after_sigkill(tmp_path, s
     assert (weights(killed / "rl" / "final")["wte.weight"] == weights(two / "final")["wte.weight"]).all()
     assert all(torch.equal(x, y) for x, y in zip(weights(killed / "rl" / "final").values(),
                                                   weights(two / "final").values()))
+
+
+@pytest.mark.slow
+def test_fsdp_reduces_gradients_once_per_step_in_fp32_from_bf16_parameters(tmp_path, smoke_pretrained):
+    # Two gloo processes, FSDP2 over olmo-tiny (4 blocks + the root: 5 groups), 2 micro-batches per step, bf16:
+    # each step reduce-scatters each group's gradients once (not once per micro-batch), in fp32, and the layers
+    # compute with bf16 parameters (the authors' mixed precision).
+    script = tmp_path / "fsdp.py"
+    script.write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "import torch.distributed as tdist, torch.nn as nn\n"
+        "from echochamber.config import load_run_config\n"
+        "from echochamber.pretrain import pretrain\n"
+        "reduced, dtypes = [], set()\n"
+        "reduce_scatter, linear = tdist.reduce_scatter_single, nn.Linear.forward\n"
+        "def counted(*a, **k):\n"
+        "    reduced.append(str(k['input'].dtype))\n"
+        "    return reduce_scatter(*a, **k)\n"
+        "def seen(self, x):\n"
+        "    dtypes.add(str(self.weight.dtype))\n"
+        "    return linear(self, x)\n"
+        "tdist.reduce_scatter_single, nn.Linear.forward = counted, seen\n"
+        "out = Path(sys.argv[1])\n"
+        "cfg = load_run_config('smoke', [f'out_dir={out}', f'pretrain.data_dir={sys.argv[2]}', 'device=cpu',\n"
+        "    'pretrain.max_steps=2', 'pretrain.batch_size=4', 'pretrain.grad_accum=2', 'pretrain.fsdp=true',\n"
+        "    'pretrain.eval_every=2', 'pretrain.ckpt_every=2', 'pretrain.autocast=bfloat16'])\n"
+        "pretrain(cfg, out / 'pretrain', progress=False)\n"
+        "(out / f\"rank{os.environ['RANK']}.txt\").write_text(f'{len(reduced)} {sorted(set(reduced))} '\n"
+        "                                                    f'{sorted(dtypes)}')\n")
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path / "run"), str(smoke_pretrained / "data")])
+    for rank in (0, 1):
+        seen = (tmp_path / "run" / f"rank{rank}.txt").read_text()
+        assert seen == "10 ['torch.float32'] ['torch.bfloat16']", seen
 
 
 def test_ranks_that_see_different_checkpoints_stop_with_a_clear_error(tmp_path):

@@ -84,10 +84,17 @@ def latest_step(root: Path) -> int:
     return int(latest["step"]) if latest else 0
 
 
+def load_trainer_state(path: Path) -> dict:
+    """The trainer state saved beside a checkpoint's weights, on the CPU whatever device wrote it: RNG states must
+    be CPU ByteTensors (torch.set_rng_state, Generator.set_state), and Optimizer.load_state_dict moves the
+    optimizer's state to its parameters' device itself."""
+    return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+
+
 def load_checkpoint(path: Path, model: OLMo, device) -> dict:
-    """Load weights into `model` and return the trainer state saved beside them."""
+    """Load weights into `model` (on `device`) and return the trainer state saved beside them (on the CPU)."""
     model.load_state_dict(OLMo.load(path, device=device).state_dict())
-    return torch.load(path / "trainer_state.pt", map_location=device, weights_only=False)
+    return load_trainer_state(path)
 
 
 def export_model(model: OLMo, tokenizer_json: Path, out_dir: Path) -> Path:

@@ -59,18 +59,42 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
+@contextlib.contextmanager
 def maybe_no_sync(model: torch.nn.Module, sync: bool):
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulated step."""
-    if sync or not hasattr(model, "no_sync"):
-        return contextlib.nullcontext()
-    return model.no_sync()
+    """Gradient synchronisation only on the last micro-batch of an accumulated step: the forward AND backward of
+    the other micro-batches run inside this with sync=False. DDP: its no_sync() skips the all-reduce. FSDP2
+    (fully_shard modules have no no_sync): set_requires_gradient_sync(False) skips the reduce-scatter, and the
+    unsharded gradients accumulate until the last micro-batch reduces them all at once."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif sync or not hasattr(model, "no_sync"):
+        yield
+    else:
+        with model.no_sync():
+            yield
+
+
+def check_device(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """A tensor handed to a collective must live on the process's device: NCCL takes only tensors on the
+    process's own GPU (gloo on a CPU would take a CPU tensor from a GPU run, which is how such a bug hides in
+    CPU tests). Every collective on tensors goes through here, so a wrong tensor fails at once, by name."""
+    want = ctx.device
+    if t.device.type != want.type or (want.index is not None and t.device.index != want.index):
+        raise RuntimeError(f"a {tuple(t.shape)} {t.dtype} tensor on {t.device} was handed to a collective of a "
+                           f"process on {ctx.device}; collectives take tensors on the process's device "
+                           f"(create it with device=ctx.device)")
+    return t
 
 
 def mean(value: float, ctx: DistContext) -> float:
     if not ctx.active:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    tdist.all_reduce(t)
+    tdist.all_reduce(check_device(t, ctx))
     return t.item() / ctx.world_size
 
 
@@ -87,7 +111,7 @@ def shutdown(ctx: DistContext) -> None:
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum a tensor over all processes, in place (a world of one returns it unchanged)."""
     if ctx.active:
-        tdist.all_reduce(t)
+        tdist.all_reduce(check_device(t, ctx))
     return t
 
 
@@ -111,7 +135,7 @@ def all_reduce_grads(params, ctx: DistContext) -> None:
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    tdist.all_reduce(flat)
+    tdist.all_reduce(check_device(flat, ctx))
     offset = 0
     for g in grads:
         g.copy_(flat[offset: offset + g.numel()].view_as(g))
@@ -125,11 +149,14 @@ def share(n: int, ctx: DistContext) -> tuple[int, int]:
     return start, start + per + (ctx.rank < extra)
 
 
-def shard(model: torch.nn.Module, ctx: DistContext, *, fsdp: bool, activation_checkpointing: bool) -> bool:
+def shard(model: torch.nn.Module, ctx: DistContext, *, fsdp: bool, activation_checkpointing: bool,
+          param_dtype: torch.dtype | None = None) -> bool:
     """Memory for large models. activation_checkpointing: each block's activations are recomputed in the backward
     pass instead of kept. fsdp (under torchrun): FSDP2's fully_shard on every block and then on the whole model,
     so each process holds 1/world of the parameters, gradients and optimizer state (parameters become DTensors;
-    make the optimizer afterwards). Returns whether the model is now sharded."""
+    make the optimizer afterwards). param_dtype (e.g. bf16): the dtype parameters are all-gathered and computed
+    in, with gradients reduced in fp32 and the sharded fp32 master weights stepped by the optimizer (OLMo's
+    `fsdp.precision: mixed`, as the authors ran); None: fp32 throughout. Returns whether the model is now sharded."""
     if activation_checkpointing:
         from torch.distributed._composable import checkpoint
 
@@ -138,12 +165,13 @@ def shard(model: torch.nn.Module, ctx: DistContext, *, fsdp: bool, activation_ch
     if not (fsdp and ctx.active):
         return False
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     for block in model.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     return True
 
 

@@ -111,9 +111,9 @@ def validation_loss(model, val: PackedDataset, cfg: PretrainConfig, device) -> f
     for i in range(n):
         rows = val.batch(i * cfg.batch_size, min(cfg.batch_size, val.n_sequences)).to(device)
         with autocast_ctx(device, cfg.autocast):
-            losses.append(lm_loss(model, rows).item())
+            losses.append(lm_loss(model, rows))
     model.train()
-    return float(np.mean(losses))
+    return float(np.mean(torch.stack(losses).tolist()))  # one copy to the host
 
 
 def pretrain(cfg, out_dir: str | Path, *, progress: bool = True, allow_config_change: bool = False) -> Path:
@@ -143,7 +143,9 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
     torch.manual_seed(pcfg.seed)
     model_cfg: ModelConfig = cfg.model.resolve(vocab_size=train.vocab_size)
     model = OLMo(model_cfg).to(device)
-    sharded = dist.shard(model, ctx, fsdp=pcfg.fsdp, activation_checkpointing=pcfg.activation_checkpointing)
+    # FSDP with bf16 autocast computes in bf16 parameters, reducing gradients in fp32 (the authors' mixed precision).
+    sharded = dist.shard(model, ctx, fsdp=pcfg.fsdp, activation_checkpointing=pcfg.activation_checkpointing,
+                         param_dtype=torch.bfloat16 if pcfg.autocast == "bfloat16" else None)
     opt = make_optimizer(model, pcfg.lr, pcfg.weight_decay, pcfg.betas, pcfg.eps)  # after sharding: of the shards
 
     # Resume: weights, optimizer, RNG, data position and step from the latest complete checkpoint.
@@ -184,27 +186,33 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
         rebalance()  # another echochamber job started or ended: cores // jobs threads (cpu.py)
         lr = lr_at(step, pcfg)
         set_lr(opt, lr)
-        loss_sum = 0.0
+        # The step's loss stays on the device (fp64, as the host's sum of the micro-batches' values would be): no
+        # host synchronisation per micro-batch; it is read once, on the steps that log.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for micro in range(pcfg.grad_accum):
             # Rows for this process: the global batch is world_size consecutive blocks of batch_size rows.
             start = next_row + ctx.rank * pcfg.batch_size
             rows = train.batch(start, pcfg.batch_size).to(device, non_blocking=True)
             next_row += ctx.world_size * pcfg.batch_size
-            sync = micro == pcfg.grad_accum - 1
-            with dist.maybe_no_sync(ddp_model, sync), autocast_ctx(device, pcfg.autocast):
-                loss = lm_loss(ddp_model, rows) / pcfg.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
+            with dist.maybe_no_sync(ddp_model, sync=micro == pcfg.grad_accum - 1):
+                with autocast_ctx(device, pcfg.autocast):
+                    loss = lm_loss(ddp_model, rows) / pcfg.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
-        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens_since += pcfg.batch_size * pcfg.grad_accum * ctx.world_size * train.seq_len
-        loss_val = dist.mean(loss_sum, ctx)
 
         record = None
-        if step % pcfg.log_every == 0 or step == pcfg.max_steps:
+        logs = step % pcfg.log_every == 0 or step == pcfg.max_steps
+        if logs or step % pcfg.eval_every == 0:  # the same steps on every process: the all-reduce is collective
+            # Mean over the processes of (loss, grad norm) in one all-reduce and one copy to the host.
+            loss_val, grad_norm = (dist.all_reduce_sum(torch.stack([loss_sum, grad_norm.double()]), ctx)
+                                   / ctx.world_size).tolist()
+        if logs:
             now = time.perf_counter()
             record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm,
                       "tokens": next_row * train.seq_len, "tokens_per_s": tokens_since / (now - t_last),

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from . import distributed as dist
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import latest_checkpoint, load_checkpoint, load_trainer_state, rng_state, set_rng_state
 from .model import OLMo
 from .runio import flatten, to_dict, truncate_jsonl, write_run_metadata
 
@@ -147,7 +147,7 @@ def start_or_resume(run_dir: Path, cfg, stage: str, model: torch.nn.Module, opt:
             print(f"resuming {stage} with changed config: {'; '.join(changes)}", file=sys.stderr)
             write_run_metadata(run_dir, cfg, stage)
     if sharded:  # FSDP: every process reads the whole checkpoint and keeps its shards
-        state = torch.load(resume_from / "trainer_state.pt", map_location="cpu", weights_only=False)
+        state = load_trainer_state(resume_from)
         dist.load_full_state(model, opt, OLMo.load(resume_from).state_dict(), state["optimizer"])
     else:
         state = load_checkpoint(resume_from, model, device)

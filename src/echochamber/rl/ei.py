@@ -74,7 +74,7 @@ class ExpertIteration(PolicyGradient):
         with self.autocast():
             logp, _ = ro.response_logprobs(self.policy, batch)  # plain model (temperature 1)
         loss = -(logp * batch.mask).sum() / batch.mask.sum().clamp(min=1.0)
-        return loss, {"sft_loss": loss.item()}
+        return loss, {"sft_loss": loss.detach()}
 
     def update(self, roll: ro.Rollout, plan) -> dict:
         # The kept samples of every process, by global index: all draw the same SFT plan and keep their own.

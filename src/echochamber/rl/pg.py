@@ -45,6 +45,14 @@ def pg_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     return per_token, pg, clipped
 
 
+def target_tokens(roll: ro.Rollout, indices: list[int]) -> int:
+    """How many target tokens (make_batch's mask) the samples `indices` have, counted on the host: every response
+    token, less the interpreter's output (rl.interpreter), which is no target."""
+    if roll.written is None:
+        return sum(len(roll.response_tokens[i]) for i in indices)
+    return sum(sum(roll.written[i]) for i in indices)
+
+
 class PolicyGradient:
     name = "pg"
     loss_agg: str | None = None  # an algorithm that fixes the loss aggregation (Dr. GRPO); None = rl.loss_agg
@@ -106,7 +114,7 @@ class PolicyGradient:
             ref, _ = ro.pad_responses(roll.token["ref_logp"])
             rewards = -self.cfg.kl_coef * self.kl_est(old, ref) * mask
         lengths = mask.sum(-1).long()
-        rewards[torch.arange(len(roll)), (lengths - 1).clamp(min=0)] += final
+        rewards[torch.arange(len(roll), device=mask.device), (lengths - 1).clamp(min=0)] += final
         return rewards, mask, lengths.tolist()
 
     def advantages(self, roll: ro.Rollout, plan) -> None:
@@ -124,15 +132,17 @@ class PolicyGradient:
                                                ref_logp=batch["ref_logp"] if kl_in_loss else None,
                                                kl_coef=cfg.kl_coef, kl_est=self.kl_est, kl_grad=cfg.kl_grad)
         loss = aggregate(per_token, batch.mask, self.agg, cfg.max_new_tokens)
-        with torch.no_grad():
+        with torch.no_grad():  # statistics stay on the device (run_minibatches reads them once per update)
             m = batch.mask.bool()
             # KL of the current policy to the reference (or, with no reference, to the rollout policy).
             base = batch["ref_logp"] if self.ref is not None else batch["old_logp"]
-            stats = {"loss": loss.item(), "pg_loss": aggregate(pg, batch.mask, self.agg, cfg.max_new_tokens).item(),
-                     "clip_frac": aggregate(clipped, batch.mask, "token").item(),
-                     "ratio_max": torch.exp(logp - batch["old_logp"])[m].max().item() if m.any() else 1.0,
-                     "kl_k1": kl_k1(logp, base)[m].mean().item(), "kl_k3": kl_k3(logp, base)[m].mean().item(),
-                     "entropy": entropy[m].mean().item()}
+            ratio = torch.exp(logp - batch["old_logp"]).masked_fill(~m, -torch.inf)
+            stats = {"loss": loss.detach(), "pg_loss": aggregate(pg, batch.mask, self.agg, cfg.max_new_tokens),
+                     "clip_frac": aggregate(clipped, batch.mask, "token"),
+                     "ratio_max": torch.where(m.any(), ratio.max(), 1.0),
+                     "kl_k1": aggregate(kl_k1(logp, base), batch.mask, "token"),
+                     "kl_k3": aggregate(kl_k3(logp, base), batch.mask, "token"),
+                     "entropy": aggregate(entropy, batch.mask, "token")}
         return loss, stats
 
     def batch_fields(self) -> tuple[str, ...]:
@@ -153,35 +163,48 @@ class PolicyGradient:
         micro-batches, each weighted by its share of the mini-batch's tokens (or sequences, for per-sequence
         aggregation) over ALL processes, so neither micro-batching nor the number of processes changes the loss;
         sum the gradients over the processes, clip the norm, step."""
-        sums: dict[str, float] = {}
+        # No host synchronisation per micro-batch: the weights come from counts the host knows (summed over the
+        # processes once, for all mini-batches), and the statistics are summed on the device (fp64, as the
+        # host's sum of their values would be) and read back once, at the end.
+        mb_counts = self.global_counts(roll, [mb for epoch in plan for mb in epoch])
+        sums: dict[str, torch.Tensor] = {}
         n_steps, lr = 0, 0.0
         for epoch in plan:
             for mb in epoch:
                 lr = lr_fn(n_steps)
                 set_lr(opt, lr)
-                batches = [ro.make_batch(roll, micro, self.pad_id, fields, self.device) for micro in mb]
-                counts = torch.tensor([float(sum(len(b.indices) for b in batches)),
-                                       float(sum(b.n_tokens for b in batches))], dtype=torch.float64)
-                n_seqs, n_tok = self.sum_over_processes(counts).tolist()
-                for b in batches:
+                n_seqs, n_tok = mb_counts[n_steps]
+                for micro in mb:
+                    b = ro.make_batch(roll, micro, self.pad_id, fields, self.device)
                     loss, st = loss_fn(b)
-                    w = b.n_tokens / max(1.0, n_tok) if agg == "token" else len(b.indices) / max(1.0, n_seqs)
+                    w = (target_tokens(roll, micro) / max(1.0, n_tok) if agg == "token"
+                         else len(micro) / max(1.0, n_seqs))
                     (loss * w).backward()
                     for k, v in st.items():
-                        sums[prefix + k] = sums.get(prefix + k, 0.0) + v * w
+                        sums[prefix + k] = sums.get(prefix + k, 0.0) + v.double() * w
                 dist.all_reduce_grads(model.parameters(), self.ctx)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-                sums[prefix + "grad_norm"] = sums.get(prefix + "grad_norm", 0.0) + grad_norm.item() / self.ctx.world_size
+                sums[prefix + "grad_norm"] = sums.get(prefix + "grad_norm", 0.0) + grad_norm.double() / self.ctx.world_size
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 n_steps += 1
-        if self.ctx.active:  # the statistics, weighted by global shares, sum over the processes
-            keys = sorted(sums)
-            totals = self.sum_over_processes(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+        keys = sorted(sums)
+        if keys:  # the statistics, weighted by global shares, sum over the processes: one all-reduce, one copy
+            totals = self.sum_over_processes(torch.stack([sums[k] for k in keys])).tolist()
             sums = dict(zip(keys, totals))
         out = {k: v / max(1, n_steps) for k, v in sums.items()}
         out[prefix + "lr"] = lr
         return out
+
+    def global_counts(self, roll: ro.Rollout, minibatches: list[list[list[int]]]) -> list[tuple[float, float]]:
+        """(sequences, target tokens) of each mini-batch over all processes, from the host's token lists (one
+        all-reduce for all of them under torchrun; no device read)."""
+        local = [[float(sum(len(micro) for micro in mb)), float(sum(target_tokens(roll, micro) for micro in mb))]
+                 for mb in minibatches]
+        if not (self.ctx.active and local):
+            return [tuple(c) for c in local]
+        counts = torch.tensor(local, dtype=torch.float64, device=self.ctx.device)
+        return [tuple(c) for c in self.sum_over_processes(counts).tolist()]
 
     # -- checkpoint ------------------------------------------------------------------------------------------
 

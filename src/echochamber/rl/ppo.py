@@ -8,7 +8,11 @@ reference folded into the per-token reward, value clipping.
     actor:  L_pi = agg_t[ -min(rho_t A_t, clip(rho_t, 1-e, 1+e) A_t) ]
     critic: L_V  = mean_t 0.5 max((V_t - R_t)^2, (V_old,t + clip(V_t - V_old,t, -c, c) - R_t)^2)
 
-Paper: gamma 1, lambda 0.95, c 0.2, e 0.2, actor lr 1e-6, critic lr 7e-6, beta in {0, 1e-3, 1e-2}.
+Paper: gamma 1, lambda 0.95, c 0.2, e 0.2, actor lr 1e-6, critic lr 7e-6 as configured, beta in {0, 1e-3, 1e-2}.
+The critic as it really ran (PAPER.md, "the critic's rate"): OpenRLHF builds every optimizer with the ACTOR's rate,
+and the critic's cosine floor is 0.1 x its configured rate, an absolute value:
+    lr_critic(t) = cosine from rl.lr (1e-6) down to critic_min_lr = 0.1 x 7e-6 = 7e-7   (0.7x, not 0.1x)
+and its value head starts ~ N(0, (1 / (d_model + 1))^2), not at zero.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from .pg import PolicyGradient
 
 @dataclass
 class PPOConfig:
-    critic_lr: float = 7e-6  # critic learning rate, cosine like the actor's (paper: 7e-6 with actor lr 1e-6)
+    critic_lr: float | None = None  # critic peak learning rate, cosine like the actor's; None = rl.lr, the rate the
+    # authors' critic really ran at (their configs name 7e-6, but OpenRLHF hands every model the actor's 1e-6)
+    critic_min_lr: float | None = None  # the critic's cosine floor, absolute; None = rl.min_lr_ratio x the critic's
+    # peak (the authors': 0.1 x their nominal 7e-6 = 7e-7, with a peak of 1e-6)
     gamma: float = 1.0  # discount (paper: 1)
     gae_lambda: float = 0.95  # GAE lambda (paper: 0.95)
     value_clip: float = 0.2  # value clipping around the rollout's values (paper: 0.2)
@@ -36,19 +43,22 @@ class PPOConfig:
     normalize_reward: bool = False  # divide rewards by running moments (OpenRLHF --normalize_reward; paper: off)
 
     def __post_init__(self):
-        check(self, positive=("critic_lr", "value_clip"), unit=("gamma", "gae_lambda"))
+        check(self, positive=("critic_lr", "critic_min_lr", "value_clip"), unit=("gamma", "gae_lambda"))
 
 
 class Critic(nn.Module):
-    """V(s_t): the pretrained decoder's final hidden states and a new linear value head (zero-initialised, so
-    the first values are 0). The body's own lm_head is unused and frozen."""
+    """V(s_t): the pretrained decoder's final hidden states and a new linear value head, initialised as the
+    authors' (OpenRLHF's) was: w ~ N(0, (1 / (d_model + 1))^2). The body's own output head is unused: frozen when
+    it is a matrix of its own; with tied embeddings it IS the input embedding, which trains (as theirs did)."""
 
     def __init__(self, body: nn.Module):
         super().__init__()
         self.body = body
-        self.body.lm_head.requires_grad_(False)
-        self.value_head = nn.Linear(body.config.d_model, 1, bias=False)
-        nn.init.zeros_(self.value_head.weight)
+        if body.lm_head.weight is not body.wte.weight:
+            self.body.lm_head.requires_grad_(False)
+        d = body.config.d_model
+        self.value_head = nn.Linear(d, 1, bias=False)
+        nn.init.normal_(self.value_head.weight, mean=0.0, std=1.0 / (d + 1))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) -> values (B, T) fp32: values[b, t] = V(idx[b, :t+1])."""
@@ -81,7 +91,14 @@ class PPO(PolicyGradient):
         super().__init__(cfg, policy, ref, **kw)
         self.pcfg: PPOConfig = cfg.ppo
         self.critic = Critic(critic_body).to(self.device)
-        self.critic_opt = make_optimizer(self.critic, self.pcfg.critic_lr, cfg.weight_decay, cfg.betas)
+        self.critic_lr = cfg.lr if self.pcfg.critic_lr is None else self.pcfg.critic_lr
+        critic_min_lr = (cfg.min_lr_ratio * self.critic_lr if self.pcfg.critic_min_lr is None
+                         else self.pcfg.critic_min_lr)
+        if critic_min_lr > self.critic_lr:
+            raise ValueError(f"rl.ppo.critic_min_lr={critic_min_lr} is above the critic's peak rate {self.critic_lr} "
+                             f"(rl.ppo.critic_lr, or rl.lr when that is unset)")
+        self.critic_min_ratio = critic_min_lr / self.critic_lr
+        self.critic_opt = make_optimizer(self.critic, self.critic_lr, cfg.weight_decay, cfg.betas)
         self.reward_moments = RunningMoments()
 
     def values(self, batch: ro.Batch) -> torch.Tensor:
@@ -110,18 +127,17 @@ class PPO(PolicyGradient):
         values = self.values(batch)
         per_token, clipped = clipped_value_loss(values, batch["old_values"], batch["returns"], self.pcfg.value_clip)
         loss = aggregate(per_token, batch.mask, "token")
-        with torch.no_grad():
-            m = batch.mask.bool()
-            stats = {"value_loss": loss.item(), "value_clip_frac": aggregate(clipped, batch.mask, "token").item(),
-                     "value_mean": values[m].mean().item() if m.any() else 0.0}
+        with torch.no_grad():  # on the device: run_minibatches reads them once per update
+            stats = {"value_loss": loss.detach(), "value_clip_frac": aggregate(clipped, batch.mask, "token"),
+                     "value_mean": aggregate(values, batch.mask, "token")}
         return loss, stats
 
     def update(self, roll: ro.Rollout, plan) -> dict:
         warmup = int(self.cfg.warmup_ratio * self.total_opt_steps)
         critic_stats = self.run_minibatches(
             roll, plan, self.critic, self.critic_opt, self.value_loss, ("old_values", "returns"),
-            lambda k: cosine_lr(self.opt_step + k, self.total_opt_steps, self.pcfg.critic_lr, warmup,
-                                self.cfg.min_lr_ratio), agg="token", prefix="critic/")
+            lambda k: cosine_lr(self.opt_step + k, self.total_opt_steps, self.critic_lr, warmup,
+                                self.critic_min_ratio), agg="token", prefix="critic/")
         return {**super().update(roll, plan), **critic_stats}
 
     def state_dict(self) -> dict:
