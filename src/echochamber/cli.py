@@ -44,6 +44,31 @@ def _add_sweep_dry_run(p: argparse.ArgumentParser) -> None:
                         "without writing anything")
 
 
+def _add_launcher_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster", "run the cells as jobs through submitit (launcher.py) instead of one after "
+                                        "another in this process")
+    g.add_argument("--launcher", choices=["local", "slurm"],
+                   help="slurm: submit every job at once, each after the jobs it needs (data, pretraining), and "
+                        "return; local: submitit's local executor, the jobs one after another on this machine")
+    g.add_argument("--partition", help="slurm partition")
+    g.add_argument("--account", help="slurm account")
+    g.add_argument("--nodes", type=int, default=1, help="nodes per pretraining or RL job (default 1)")
+    g.add_argument("--gpus-per-node", type=int, default=0,
+                   help="GPUs per node = torchrun processes per node (default 0: no GPU, one process)")
+    g.add_argument("--time", type=int, default=24 * 60, metavar="MINUTES", help="each job's time limit (default 1440)")
+    g.add_argument("--cpus-per-node", type=int, help="slurm --cpus-per-task of each job's one task per node")
+    g.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line each job runs first, e.g. 'source .venv/bin/activate'; repeat for more")
+
+
+def _launch_options(args):
+    from .launcher import LaunchOptions
+
+    return LaunchOptions(kind=args.launcher, partition=args.partition, account=args.account, nodes=args.nodes,
+                         gpus_per_node=args.gpus_per_node, time_min=args.time, cpus_per_node=args.cpus_per_node,
+                         setup=args.setup)
+
+
 def _add_resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume a run folder whose recorded config differs (the recorded config is updated)")
@@ -186,7 +211,12 @@ def cmd_sweep(args) -> None:
         if args.dry_run:
             print(dry_run(args.config, args.grid, args.overrides, args.out))
             return
-        cells = run_sweep(args.config, args.grid, args.overrides, args.out)
+        if args.launcher:  # the cells as cluster jobs (launcher.py); slurm: returns once they are submitted
+            from .launcher import launch_sweep
+
+            cells = launch_sweep(args.config, args.grid, args.overrides, args.out, _launch_options(args)) or []
+        else:
+            cells = run_sweep(args.config, args.grid, args.overrides, args.out)
     except SweepError as e:  # every bad cell or grid argument, one line each, before anything ran
         sys.exit("\n".join(f"sweep: {line}" for line in str(e).splitlines()))
     if any(c["status"] == "failed" for c in cells):
@@ -208,10 +238,11 @@ def cmd_study(args) -> None:
         if args.dry_run:
             print(dry_run_study(args.name, args.out, args.overrides, config=args.config))
             return
-        summary = run_study(args.name, args.out, args.overrides, config=args.config)
+        summary = run_study(args.name, args.out, args.overrides, config=args.config,
+                            launcher=_launch_options(args) if args.launcher else None)
     except SweepError as e:
         sys.exit("\n".join(f"study: {line}" for line in str(e).splitlines()))
-    if any(g["finished"] < g["runs"] for g in summary["results"]):
+    if summary is not None and any(g["finished"] < g["runs"] for g in summary["results"]):
         sys.exit(1)
 
 
@@ -318,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a grid axis; repeat for more (the grid is their cartesian product)")
     p.add_argument("--out", required=True, help="sweep folder: sweep.json, report.html, cells/, pretrained/")
+    _add_launcher_args(p)
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("study", help="run a named study (collapse, algorithms, kl, mixture, transfer, interpreter, "
@@ -327,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="replace the study's base config (for quick looks and tests)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every cell")
     _add_sweep_dry_run(p)
+    _add_launcher_args(p)
     p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser("check", help="check a (GPU) machine: pretraining, a kill and resume, 3 steps of each RL arm "

@@ -32,6 +32,7 @@ total, each figure with its source) and writes nothing.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import time
@@ -410,15 +411,32 @@ def dry_run_study(name: str, out: str | Path, overrides: list[str] = (), config:
 
 
 def run_study(name: str, out: str | Path, overrides: list[str] = (), config: str | None = None,
-              progress: bool = True) -> dict:
-    """Run (or resume) the study's sweep in OUT, then write OUT/study.json and OUT/report.html."""
+              progress: bool = True, launcher=None) -> dict | None:
+    """Run (or resume) the study's sweep in OUT, then write OUT/study.json and OUT/report.html. launcher
+    (launcher.LaunchOptions): the cells as cluster jobs; with slurm this returns None once they are submitted,
+    and the sweep's last job writes the study's report."""
     config, grid, overrides = study_sweep(name, overrides, config)
-    study, out = STUDIES[name], Path(out)
     t0 = time.perf_counter()
-    entries = run_sweep(config, grid, overrides, out, progress=progress)
+    if launcher is None:
+        entries = run_sweep(config, grid, overrides, out, progress=progress)
+    else:
+        from .launcher import launch_sweep
+
+        finish = functools.partial(finish_study, name, out, config, grid, overrides, 0.0)
+        entries = launch_sweep(config, grid, overrides, out, launcher,
+                               finish=finish if launcher.kind == "slurm" else None)
+        if entries is None:
+            return None
+    return finish_study(name, out, config, grid, overrides, time.perf_counter() - t0, entries)
+
+
+def finish_study(name: str, out: str | Path, config: str, grid: list[str], overrides: list[str], seconds: float,
+                 entries: list[dict]) -> dict:
+    """OUT/study.json and OUT/report.html from the sweep's entries; `seconds` adds to the study's wall time."""
+    study, out = STUDIES[name], Path(out)
     previous = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
     meta = {"config": config, "grid": grid, "overrides": overrides, "git_commit": git_commit(),
-            "wall_seconds": previous.get("wall_seconds", 0.0) + time.perf_counter() - t0,
+            "wall_seconds": previous.get("wall_seconds", 0.0) + seconds,
             "invocations": previous.get("invocations", 0) + 1}
     summary = write_study_report(study, out, entries, meta)
     print(f"study {name}: {study.question}", flush=True)

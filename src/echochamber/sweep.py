@@ -352,13 +352,41 @@ def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str
         raise SweepError(f"another process (a sweep?) is writing {out}: {e}") from None
 
 
-def _run_cells(cells: list[Cell], out: Path, progress: bool) -> list[dict]:
+def cell_entries(cells: list[Cell], out: Path) -> list[dict]:
+    """sweep.json as DIR holds it now: a cell is done (rl/summary.json), failed (an error.log and no summary),
+    running (its folder exists) or pending."""
     entries = []
     for cell in cells:
         summary_path = cell.out / "rl" / "summary.json"
-        done = summary_path.exists()
-        entries.append(_entry(cell, out, "done", json.loads(summary_path.read_text())) if done
-                       else _entry(cell, out, "running" if cell.out.exists() else "pending"))
+        if summary_path.exists():
+            entries.append(_entry(cell, out, "done", json.loads(summary_path.read_text())))
+        elif (cell.out / "error.log").exists():
+            error = (cell.out / "error.log").read_text().strip().splitlines() or ["unknown"]
+            entries.append(_entry(cell, out, "failed", error=error[-1]))
+        else:
+            entries.append(_entry(cell, out, "running" if cell.out.exists() else "pending"))
+    return entries
+
+
+def record_cell(cell: Cell) -> None:
+    """DIR/cells/<name>/cell.json: the cell's name, grid values and requested config, before it runs."""
+    atomic_write_json(cell.out / "cell.json", {"name": cell.name, "values": cell.values, "config": cell.requested})
+
+
+def write_results(cells: list[Cell], out: Path) -> list[dict]:
+    """sweep.json and report.html from what the cells' folders hold (a cluster sweep's last job); the entries."""
+    entries = cell_entries(cells, out)
+    atomic_write_json(out / "sweep.json", entries)
+    report = write_sweep_report(out, entries, group_over_seeds(entries))
+    done = sum(e["status"] == "done" for e in entries)
+    print(f"sweep: {done}/{len(entries)} cells done; {out / 'sweep.json'}; report: {report}", flush=True)
+    return entries
+
+
+def _run_cells(cells: list[Cell], out: Path, progress: bool) -> list[dict]:
+    # A cell that failed before is run again: it starts as running, as any other unfinished cell with a folder.
+    entries = [e if e["status"] != "failed" else {**{k: v for k, v in e.items() if k != "error"}, "status": "running"}
+               for e in cell_entries(cells, out)]
     atomic_write_json(out / "sweep.json", entries)
     n, t0 = len(cells), time.perf_counter()
     for i, cell in enumerate(cells):
@@ -368,8 +396,7 @@ def _run_cells(cells: list[Cell], out: Path, progress: bool) -> list[dict]:
             continue
         print(f"{head}: {'resuming' if entries[i]['status'] == 'running' else 'running'} -> {cell.out}",
               flush=True)
-        atomic_write_json(cell.out / "cell.json", {"name": cell.name, "values": cell.values,
-                                                   "config": cell.requested})
+        record_cell(cell)
         entries[i]["status"] = "running"
         atomic_write_json(out / "sweep.json", entries)
         try:
