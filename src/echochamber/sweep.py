@@ -22,6 +22,9 @@ pretrain.data_dir pretrains on that data.
     DIR/cells/<name>/cell.json       the cell's overrides and requested config
     DIR/cells/<name>/rl/             the cell's RL run (echochamber rl); <name> is e.g. rl.algo=ppo,seed=1
 
+With `--launcher slurm` (or `local`) the cells run as submitit jobs instead, data and pretraining shared the same
+way (launcher.py); without it, as described here.
+
 Rerunning the same command skips finished cells (those with rl/summary.json) and resumes the others from their
 checkpoints: every stage resumes by itself. A cell folder whose recorded config differs from the one asked for
 now is an error, not a silent mix of two experiments.
