@@ -12,6 +12,7 @@ import pytest
 from echochamber import preflight
 from echochamber.cli import main
 from echochamber.config import load_run_config
+from echochamber.memory import MemoryPlan
 from echochamber.preflight import check_config, eval_config, memory_figure, resume_figures
 
 
@@ -79,7 +80,9 @@ def test_a_resume_that_repeats_skips_or_changes_steps_fails(tmp_path):
 
 
 def test_a_memory_peak_over_the_plan_fails():
-    assert memory_figure(10e9, 10e9)[0] and memory_figure(11.4e9, 10e9)[0]
-    ok, line = memory_figure(12e9, 10e9)
-    assert not ok and "12.0 GB per GPU = 120% of the plan 10.0 GB" in line
-    assert memory_figure(None, 10e9) == (True, "memory peak n/a on a CPU (plan 10.0 GB)")
+    plan = MemoryPlan("rl", {"weights": 4e9, "KV cache": 6e9}, budget=80e9)
+    assert memory_figure(10e9, plan)[0] and memory_figure(11.4e9, plan)[0]
+    ok, line = memory_figure(12e9, plan)
+    assert not ok and "12.0 GB per GPU = 120% of the plan 10.0 GB (over the 15% tolerance)" in line
+    assert "KV cache" in line  # the plan's table, to see what it undercounts
+    assert memory_figure(None, plan) == (True, "memory peak n/a on a CPU (plan 10.0 GB)")

@@ -16,7 +16,8 @@ stage at the config's own shapes, with a pass or fail per part:
                       problems as one sampler call takes (at most 8): pass@k, the memory peak
 
 Each memory peak (torch.cuda.max_memory_allocated, the largest over the processes) is set against the memory
-plan's per-GPU total (memory.py), and a part fails when it exceeds the plan by more than MEMORY_TOLERANCE. MFU is
+plan's per-GPU total (memory.py), and a part fails when it exceeds the plan by more than MEMORY_TOLERANCE (the
+plan's table by component is printed then). MFU is
 model FLOPs (plan.ModelNumbers.flops_per_token: 6 N + 12 L d T) x tokens/s / (GPUs x H100 dense bf16 peak).
 On a CPU, MFU and the memory peak are n/a.
 
@@ -36,6 +37,7 @@ worker entry below); with one process it runs in this one.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -57,15 +59,12 @@ from . import distributed as dist
 from .config import RunConfig, load_run_config, to_dict
 from .data import build_dataset
 from .evaluate import evaluate, load_policy
+from .memory import MemoryPlan, eval_call_shape, eval_memory, pretrain_memory, rl_memory
 from .plan import H100_BF16_FLOPS, model_numbers
 from .pretrain import pretrain
 from .rl.train import run_rl
 from .runio import read_metrics
 
-try:  # the per-GPU memory plan (weights, optimizer, critic, reference, KV cache, logits, activations)
-    from . import memory as memory_plan
-except ImportError:  # not in this checkout yet: the peaks are printed without a plan to set them against
-    memory_plan = None
 
 ARMS = ("ppo", "reinforce_baseline", "grpo")  # the authors' sweep arms (rl/config.py ALGOS)
 RL_STEPS = 3
@@ -115,11 +114,10 @@ def check_config(cfg: RunConfig, out: Path, pretrain_steps: int = PRETRAIN_STEPS
 def eval_config(cfg: RunConfig, checked: RunConfig) -> RunConfig:
     """The eval part's config: k samples per problem (cfg's eval.n_samples, or PASS_AT_K), at cfg's full
     eval.max_new_tokens, on as many problems as one sampler call takes (at most EVAL_PROBLEMS)."""
-    k = cfg.eval.n_samples or PASS_AT_K
-    per_call = max(1, 8 * cfg.eval.batch_prompts // (k + 1))  # evaluate.greedy_and_samples' chunk
-    ev = dataclasses.replace(checked.eval, n_samples=k, max_new_tokens=cfg.eval.max_new_tokens,
-                             n_problems=min(EVAL_PROBLEMS, per_call))
-    return dataclasses.replace(checked, eval=ev)
+    ev = dataclasses.replace(checked.eval, n_samples=cfg.eval.n_samples or PASS_AT_K,
+                             max_new_tokens=cfg.eval.max_new_tokens)
+    _, per_call = eval_call_shape(ev)  # prompts per sampler call as configured (greedy + k samples together)
+    return dataclasses.replace(checked, eval=dataclasses.replace(ev, n_problems=min(EVAL_PROBLEMS, per_call)))
 
 
 def arm_config(checked: RunConfig, algo: str) -> RunConfig:
@@ -138,7 +136,9 @@ def run_part(part: str, cfg: RunConfig, progress: bool = True) -> dict:
     seconds. Parts: pretrain, killed (pretraining killed after its halfway checkpoint), resumed, rl:ALGO, eval."""
     out = Path(cfg.out_dir)
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    if cuda:
+    if cuda:  # what an earlier part in this process left behind is not this part's
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     if part == "pretrain":
@@ -214,23 +214,14 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def planned_bytes(stage: str, cfg: RunConfig, world: int) -> float | None:
-    """The memory plan's per-GPU total of a stage (pretrain, rl, eval), or None without a plan."""
-    if memory_plan is None:
-        return None
-    return float(getattr(memory_plan, f"{stage}_memory")(cfg, world).total)
-
-
-def memory_figure(peak: float | None, planned: float | None) -> tuple[bool, str]:
-    """(within the plan's tolerance, a line): the measured peak against the plan."""
-    plan = f"plan {_gb(planned)}" if planned is not None else "plan unavailable (no memory.py here)"
+def memory_figure(peak: float | None, plan: MemoryPlan) -> tuple[bool, str]:
+    """(within the plan's tolerance, a line): the measured peak against the plan's per-GPU total; over it, the
+    plan's table by component follows, to show which part the plan undercounts."""
     if peak is None:
-        return True, f"memory peak n/a on a CPU ({plan})"
-    if planned is None:
-        return True, f"memory peak {_gb(peak)} per GPU ({plan})"
-    ok = peak <= MEMORY_TOLERANCE * planned
-    return ok, (f"memory peak {_gb(peak)} per GPU = {peak / planned:.0%} of the {plan}"
-                + ("" if ok else f" (over the {MEMORY_TOLERANCE - 1:.0%} tolerance)"))
+        return True, f"memory peak n/a on a CPU (plan {_gb(plan.total)})"
+    ok = peak <= MEMORY_TOLERANCE * plan.total
+    return ok, (f"memory peak {_gb(peak)} per GPU = {peak / plan.total:.0%} of the plan {_gb(plan.total)}"
+                + ("" if ok else f" (over the {MEMORY_TOLERANCE - 1:.0%} tolerance); the plan:\n{plan.table()}"))
 
 
 def pretrain_figures(cfg: RunConfig, run: Path, world: int, cuda: bool) -> tuple[bool, str]:
@@ -338,7 +329,7 @@ def run_check(config: str, overrides: list[str] = (), out: str | Path | None = N
     def pretraining():
         measured = launch("pretrain", cfg, nproc, progress)
         ok, figures = pretrain_figures(cfg, folder / "pretrain", nproc, cuda)
-        fits, memory = memory_figure(measured["peak_bytes"], planned_bytes("pretrain", cfg, nproc))
+        fits, memory = memory_figure(measured["peak_bytes"], pretrain_memory(cfg, nproc))
         return ok and fits, f"{figures}; {memory}"
 
     def kill_and_resume():
@@ -354,7 +345,7 @@ def run_check(config: str, overrides: list[str] = (), out: str | Path | None = N
             arm_cfg = arm_config(cfg, algo)
             measured = launch(f"rl:{algo}", arm_cfg, nproc, progress)
             ok, figures = rl_figures(arm_cfg, folder / f"rl_{algo}")
-            fits, memory = memory_figure(measured["peak_bytes"], planned_bytes("rl", arm_cfg, nproc))
+            fits, memory = memory_figure(measured["peak_bytes"], rl_memory(arm_cfg, nproc))
             return ok and fits, f"{figures}; {memory}"
         return body
 
@@ -362,7 +353,7 @@ def run_check(config: str, overrides: list[str] = (), out: str | Path | None = N
         ecfg = eval_config(given, cfg)
         measured = launch("eval", ecfg, nproc, progress)
         ok, figures = eval_figures(folder / "eval")
-        fits, memory = memory_figure(measured["peak_bytes"], planned_bytes("eval", ecfg, nproc))
+        fits, memory = memory_figure(measured["peak_bytes"], eval_memory(ecfg, nproc))
         return ok and fits, f"{figures}, {ecfg.eval.max_new_tokens} new tokens; {memory}"
 
     if part("data", data) and part(f"pretrain ({steps} steps)", pretraining):
