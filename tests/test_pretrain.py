@@ -79,3 +79,26 @@ def test_auto_compiles_the_training_step_where_it_pays():
     assert not use_compile(PretrainConfig(compile="on"), gpu, 10 ** 6, sharded=True)  # FSDP: eager
     with pytest.raises(Exception, match="compile"):
         load_run_config("smoke", ["pretrain.compile=fast"])
+
+
+def test_a_step_reads_the_device_as_often_whatever_its_micro_batches(tmp_path, data_dir, monkeypatch):
+    # The same 8 rows per step in 1 and in 4 micro-batches: the number of host reads of tensor values (each a
+    # wait for the GPU) must not grow with the micro-batches.
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = {}
+    for batch, accum in ((8, 1), (2, 4)):
+        reads.clear()
+        cfg = tiny_cfg(tmp_path / str(accum), f"pretrain.data_dir={data_dir}", "pretrain.max_steps=3",
+                       f"pretrain.batch_size={batch}", f"pretrain.grad_accum={accum}", "pretrain.eval_every=3",
+                       "pretrain.ckpt_every=3", "pretrain.eval_batches=1")
+        pretrain(cfg, tmp_path / str(accum) / "pretrain", progress=False)
+        counts[accum] = len(reads)
+    assert counts[4] == counts[1], counts

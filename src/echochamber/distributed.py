@@ -90,14 +90,6 @@ def check_device(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t
 
 
-def mean(value: float, ctx: DistContext) -> float:
-    if not ctx.active:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    tdist.all_reduce(check_device(t, ctx))
-    return t.item() / ctx.world_size
-
-
 def barrier(ctx: DistContext) -> None:
     if ctx.active:
         tdist.barrier()
