@@ -288,3 +288,10 @@ def test_decoding_loop_waits_for_the_device_only_at_the_periodic_looks(model, mo
         counts.append((rec.syncs, rec.host_tensors))
     assert counts[0] == counts[1], counts
     assert counts[0][0] > 0  # (the look itself is seen)
+
+
+def test_a_bf16_sampling_copy_cannot_sample_in_float32(model):
+    copy = sampler.sampling_model(model, SampleConfig(dtype="bfloat16"))
+    assert sampler.sampling_model(copy, SampleConfig(dtype="bfloat16")) is copy  # a copy is not copied again
+    with pytest.raises(ValueError, match="SampleConfig.dtype='float32'"):
+        generate(copy, [[1, 2]], SampleConfig(max_new_tokens=3), eos_id=-1, seed=0)

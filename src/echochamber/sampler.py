@@ -107,10 +107,13 @@ def sampling_model(model, cfg: SampleConfig) -> OLMo:
     they are bf16 already. A caller that samples several times from the same weights (a rollout's calls) makes it
     once and hands it to each call; it holds 2 bytes per parameter (less when untied) while it lives."""
     model = getattr(model, "module", model)
-    linears = [m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if cfg.dtype != "bfloat16" or all(d == torch.bfloat16 for d in linears):
-        return model
-    return model.matmul_copy(torch.bfloat16)
+    linears = {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    if cfg.dtype == "bfloat16":
+        return model if linears == {torch.bfloat16} else model.matmul_copy(torch.bfloat16)
+    if linears != {model.wte.weight.dtype}:
+        raise ValueError(f"SampleConfig.dtype={cfg.dtype!r}: this model's matmul weights are "
+                         f"{sorted(map(str, linears))} (a bf16 sampling copy?); sample in float32 from the model itself")
+    return model
 
 
 def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
