@@ -51,6 +51,9 @@ def test_the_check_runs_the_configs_shapes_on_synthetic_data(tmp_path):
     assert ecfg.datasets == ["synthetic:test"]
     with pytest.raises(ValueError, match="at least 2 steps"):
         preflight.run_check("smoke", ["pretrain.max_steps=1"], tmp_path / "x")
+    (tmp_path / "used" / "pretrain").mkdir(parents=True)
+    with pytest.raises(ValueError, match="is not empty"):  # an earlier check's runs would resume, not rerun
+        preflight.run_check("smoke", [], tmp_path / "used")
 
 
 def _metrics(run: Path, losses: dict[int, float], model: bool = True) -> Path:

@@ -298,6 +298,8 @@ def run_check(config: str, overrides: list[str] = (), out: str | Path | None = N
         else PRETRAIN_STEPS
     if steps < 2:
         raise ValueError(f"check: pretrain.max_steps={steps}: the kill and resume needs at least 2 steps")
+    if out and Path(out).exists() and any(Path(out).iterdir()):
+        raise ValueError(f"check: --out {out} is not empty; give a new folder (every part measures a fresh run)")
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="echochamber-check-"))
     cfg = check_config(given, folder, steps)
     nproc = visible_gpus(cfg)
