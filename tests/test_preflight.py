@@ -48,6 +48,7 @@ def test_the_check_runs_the_configs_shapes_on_synthetic_data(tmp_path):
     assert cfg.rl.train_source == "synthetic:train" and cfg.rl.init == str(tmp_path / "pretrain" / "model")
     ecfg = eval_config(given, cfg).eval
     assert (ecfg.n_samples, ecfg.max_new_tokens, ecfg.n_problems) == (64, given.eval.max_new_tokens, 7)
+    assert eval_config(given, cfg, 8).eval.n_problems == 56  # one full sampler call on each of 8 GPUs
     assert ecfg.datasets == ["synthetic:test"]
     with pytest.raises(ValueError, match="at least 2 steps"):
         preflight.run_check("smoke", ["pretrain.max_steps=1"], tmp_path / "x")

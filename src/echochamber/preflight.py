@@ -13,7 +13,7 @@ stage at the config's own shapes, with a pass or fail per part:
                       step, the memory peak
     eval pass@k       one evaluation of the pretrained model with k samples per problem (eval.n_samples, or the
                       paper's 64 when the config's evaluation is greedy) at the full eval.max_new_tokens, on as many
-                      problems as one sampler call takes (at most 8): pass@k, the memory peak
+                      problems as one sampler call takes (at most 8) per process: pass@k, the memory peak
 
 Each memory peak (torch.cuda.max_memory_allocated, the largest over the processes) is set against the memory
 plan's per-GPU total (memory.py), and a part fails when it exceeds the plan by more than MEMORY_TOLERANCE (the
@@ -111,13 +111,14 @@ def check_config(cfg: RunConfig, out: Path, pretrain_steps: int = PRETRAIN_STEPS
     return dataclasses.replace(cfg, out_dir=str(out), data=data, pretrain=pre, rl=rl, eval=ev)
 
 
-def eval_config(cfg: RunConfig, checked: RunConfig) -> RunConfig:
+def eval_config(cfg: RunConfig, checked: RunConfig, processes: int = 1) -> RunConfig:
     """The eval part's config: k samples per problem (cfg's eval.n_samples, or PASS_AT_K), at cfg's full
-    eval.max_new_tokens, on as many problems as one sampler call takes (at most EVAL_PROBLEMS)."""
+    eval.max_new_tokens, on as many problems as one sampler call takes (at most EVAL_PROBLEMS) on each process."""
     ev = dataclasses.replace(checked.eval, n_samples=cfg.eval.n_samples or PASS_AT_K,
                              max_new_tokens=cfg.eval.max_new_tokens)
     _, per_call = eval_call_shape(ev)  # prompts per sampler call as configured (greedy + k samples together)
-    return dataclasses.replace(checked, eval=dataclasses.replace(ev, n_problems=min(EVAL_PROBLEMS, per_call)))
+    return dataclasses.replace(checked, eval=dataclasses.replace(ev, n_problems=min(EVAL_PROBLEMS, per_call)
+                                                                 * processes))
 
 
 def arm_config(checked: RunConfig, algo: str) -> RunConfig:
@@ -352,7 +353,7 @@ def run_check(config: str, overrides: list[str] = (), out: str | Path | None = N
         return body
 
     def evaluation():
-        ecfg = eval_config(given, cfg)
+        ecfg = eval_config(given, cfg, nproc)
         measured = launch("eval", ecfg, nproc, progress)
         ok, figures = eval_figures(folder / "eval")
         fits, memory = memory_figure(measured["peak_bytes"], eval_memory(ecfg, nproc))
