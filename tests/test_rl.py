@@ -132,3 +132,25 @@ def test_processes_split_each_minibatch_of_the_one_process_plan():
     for k, mb in enumerate(whole[0]):
         mine = [sorted(i + off for micro in h[0][k] for i in micro) for h, off in zip(halves, (0, 6))]
         assert sorted(mine[0] + mine[1]) == sorted(mb[0])
+
+
+def test_uneven_shares_of_a_step_sample_as_one_unit_each():
+    # 7,473 prompts (Expert Iteration's whole GSM8K train set) over 8 processes: shares of 935 and 934. Each
+    # process's share is its own seeding unit, numbered by rank; the divisibility rule binds only an explicit
+    # rl.rollout_chunk_prompts (on eaace45 rank 1 stopped: 935 % 934 != 0).
+    from echochamber import distributed as dist
+    from echochamber.rl.train import seeding_units
+
+    units = []
+    for rank in range(8):
+        ctx = dist.DistContext(rank, rank, 8, torch.device("cpu"))
+        mine = dist.share(7473, ctx)
+        units.append((mine, seeding_units(0, mine, 7473, ctx)))
+    assert [u for _, u in units] == [(935, 0)] + [(934, r) for r in range(1, 8)]
+    one = dist.DistContext(0, 0, 1, torch.device("cpu"))
+    assert seeding_units(0, (0, 7473), 7473, one) == (0, 0)
+    # rl.rollout_chunk_prompts=8 on 8 processes sharing 64 prompts: units numbered by their place in the step.
+    ctx = dist.DistContext(3, 3, 8, torch.device("cpu"))
+    assert seeding_units(8, dist.share(64, ctx), 64, ctx) == (8, 3)
+    with pytest.raises(ValueError, match="rl.rollout_chunk_prompts=5 must divide"):
+        seeding_units(5, dist.share(64, ctx), 64, ctx)

@@ -70,11 +70,27 @@ class PromptStream:
         return out
 
 
+def seeding_units(chunk_prompts: int, mine: tuple[int, int], per_step: int,
+                  ctx: dist.DistContext) -> tuple[int, int]:
+    """(prompts per seeding unit, the index of this process's first unit) for rollout.collect. rl.rollout_chunk_prompts
+    > 0: units of that many prompts, numbered by their place in the step, so any number of processes draws what
+    one draws; it must then divide every process's share. 0 under torchrun: each process's share is one unit,
+    numbered by rank (shares may differ by one prompt: 7,473 prompts over 8 processes are 935 and 934). 0 on one
+    process: 0, 0 (collect's own units of 512 rows)."""
+    if chunk_prompts:
+        if mine[0] % chunk_prompts:
+            raise ValueError(f"rl.rollout_chunk_prompts={chunk_prompts} must divide each process's share of the "
+                             f"{per_step} prompts per step ({mine[1] - mine[0]} on rank {ctx.rank})")
+        return chunk_prompts, mine[0] // chunk_prompts
+    return (mine[1] - mine[0], ctx.rank) if ctx.active else (0, 0)
+
+
 def rollout_rows(roll: ro.Rollout) -> list[dict]:
     """rollouts/step_N.jsonl: one row per sample, named like evaluation rows (question, response, ...)."""
+    rewards = roll.rewards.tolist()  # one read of the device, not one per sample
     return [{"question": roll.question(i).question, "response": roll.texts[i], "label": g.label,
              "answer": g.answer, "gold": roll.question(i).answer, "correct": g.correct,
-             "reward": roll.rewards[i].item(), "finished": roll.finished[i], "tokens": len(roll.response_tokens[i]),
+             "reward": rewards[i], "finished": roll.finished[i], "tokens": len(roll.response_tokens[i]),
              "transcript": g.transcript}
             for i, g in enumerate(roll.graded)]
 
@@ -201,11 +217,7 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
     stream = PromptStream(len(problems), rcfg.seed)
     # This process's share of every step's prompts, and how its generate calls line up with one process's.
     mine = dist.share(per_step, ctx)
-    chunk = rcfg.rollout_chunk_prompts or (mine[1] - mine[0] if ctx.active else 0)
-    if chunk and mine[0] % chunk:
-        raise ValueError(f"rl.rollout_chunk_prompts={chunk} must divide each process's share of the "
-                         f"{per_step} prompts per step ({mine[1] - mine[0]} on rank {ctx.rank})")
-    first_chunk = mine[0] // chunk if chunk else 0
+    chunk, first_chunk = seeding_units(rcfg.rollout_chunk_prompts, mine, per_step, ctx)
     # What one sampler call may take here: the memory budget less what RL keeps resident (memory.py; inf on a CPU).
     room = memory.rl_memory(cfg, ctx.world_size, model.config, memory.device_budget(cfg, device)).sampling_room
 
