@@ -47,7 +47,10 @@ def init(device: str | None = "auto") -> DistContext:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # NCCL is bound to this process's GPU from the start (its barriers then never guess a device by rank,
+        # which is wrong on every node but the first); gloo takes no device.
+        tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                 device_id=dev if dev.type == "cuda" else None)
     return DistContext(rank, local_rank, world, dev)
 
 
