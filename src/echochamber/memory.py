@@ -456,8 +456,9 @@ def rl_memory(cfg, world_size: int, model_config: ModelConfig | None = None, bud
         if peaks.get("rollout", 0) > usable or peaks.get("evaluation", 0) > usable:
             plan.advice.append(f"rl.max_new_tokens / eval.max_new_tokens smaller (one prompt's {n} rows need "
                                f"{_gb(call_bytes(mc, n, 1, r.max_new_tokens, prompt_tokens, elem))})")
-        if r.kl_coef > 0:
-            plan.advice.append("rl.kl_coef=0 (no reference model)")
+        if r.kl_coef > 0 and plan.total - comp["reference"] <= usable:  # last: it changes the experiment
+            plan.advice.append(f"rl.kl_coef=0 (no reference model: {_gb(comp['reference'])} less, but another "
+                               f"experiment)")
     return plan
 
 

@@ -299,10 +299,13 @@ def _rl(cfg) -> tuple[str, memory.MemoryPlan]:
                        + (f" + the same again as the reference model (kl_coef {r.kl_coef})" if r.kl_coef else
                           "; no reference model (kl_coef 0)")),
         ("GPUs", f"{world} ({world_src})"),
-        ("prompts", f"{r.train_source}: {n_prompts:,} questions (rl.train_problems {r.train_problems}: "
+        ("prompts", f"{r.train_source}: {f'{n_prompts:,}' if n_prompts else 'an unknown number of'} questions "
+                    f"(rl.train_problems {r.train_problems}: "
                     f"{'all' if not r.train_problems else 'the first ' + str(r.train_problems)}), "
                     f"{prompt:,.0f} tokens each on average, the longest {longest:,} ({prompt_src})"),
-        ("steps", f"{r.steps:,} rollouts x {r.prompts_per_step} prompts = {r.steps * r.prompts_per_step / max(1, n_prompts):.2f} "
+        # (the passes are unknown where the source cannot be read here and rl.train_problems 0 means all of it)
+        ("steps", f"{r.steps:,} rollouts x {r.prompts_per_step} prompts = "
+                  f"{f'{r.steps * r.prompts_per_step / n_prompts:.2f}' if n_prompts else 'an unknown number of'} "
                   f"passes over the prompts; {opt_steps:,} optimizer steps (mini-batch {r.minibatch_size}, "
                   f"{r.epochs} epoch)"),
         ("global batch", f"{rollout} sequences per rollout ({r.prompts_per_step} x {r.samples_per_prompt} samples), "
