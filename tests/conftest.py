@@ -118,3 +118,17 @@ def without_run_conditions(records: list[dict]) -> list[dict]:
     alive at each step, cpu.rebalance; tests/test_threads.py shows that changes no result)."""
     return [{k: v for k, v in r.items() if not k.startswith("time/") and k not in ("tokens_per_s", "threads")}
             for r in records]
+
+
+def count_host_reads(monkeypatch) -> list:
+    """Every read of a tensor's value by the host (item, tolist, bool, float, int) appended to the list returned."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads

@@ -17,6 +17,7 @@ from echochamber.rl.grpo import GRPO
 from echochamber.rl.ppo import PPO, PPOConfig
 from echochamber.rl.reinforce_pp import ReinforcePP
 from echochamber.training import make_optimizer, trainer_state
+from conftest import count_host_reads
 
 
 def tiny_model(tied: bool = True) -> OLMo:
@@ -104,20 +105,6 @@ def test_a_checkpoint_resumes_on_another_device(tmp_path, monkeypatch):
     opt_on_device = make_optimizer(on_device, 1e-3, 0.0, (0.9, 0.95))
     opt_on_device.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
     assert all(s["exp_avg"].device.type == "meta" for s in opt_on_device.state.values())
-
-
-def count_host_reads(monkeypatch) -> list:
-    """Every read of a tensor's value by the host (item, tolist, bool, float, int) appended to the list returned."""
-    reads = []
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):
-            reads.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return reads
 
 
 @pytest.mark.parametrize("cls", [GRPO, PPO])

@@ -9,6 +9,7 @@ from echochamber.config import load_run_config
 from echochamber.data import build_dataset, unigram_entropy
 from echochamber.pretrain import pretrain
 from echochamber.runio import read_metrics
+from conftest import count_host_reads
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -84,15 +85,7 @@ def test_auto_compiles_the_training_step_where_it_pays():
 def test_a_step_reads_the_device_as_often_whatever_its_micro_batches(tmp_path, data_dir, monkeypatch):
     # The same 8 rows per step in 1 and in 4 micro-batches: the number of host reads of tensor values (each a
     # wait for the GPU) must not grow with the micro-batches.
-    reads = []
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):
-            reads.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
+    reads = count_host_reads(monkeypatch)
     counts = {}
     for batch, accum in ((8, 1), (2, 4)):
         reads.clear()
