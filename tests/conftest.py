@@ -5,6 +5,7 @@ registry folder of the session's own."""
 import os
 
 import pytest
+import torch
 
 from echochamber.verify import MathVerifyPool, VerifyConfig
 from echochamber.sandbox import SandboxConfig, SandboxPool
