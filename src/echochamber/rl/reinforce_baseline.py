@@ -16,21 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .losses import whiten
-from .pg import PolicyGradient
+from .drgrpo import centered_advantages
+from .reinforce_pp import ReinforcePP
 
 
-def group_mean_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """rewards (N,) ordered group by group -> (N,) each reward minus its group's mean."""
-    r = rewards.view(-1, group_size)  # (P, G)
-    return (r - r.mean(-1, keepdim=True)).flatten()
-
-
-class ReinforceBaseline(PolicyGradient):
+class ReinforceBaseline(ReinforcePP):
+    """REINFORCE++'s per-token returns and batch whitening, on group-mean-centred rewards (Dr. GRPO's advantage)."""
     name = "reinforce_baseline"
 
     def sequence_advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_mean_advantages(rewards, group_size)
-
-    def finish_advantages(self, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return whiten(adv, mask, sum_over_processes=self.sum_over_processes)
+        return centered_advantages(rewards, group_size)
