@@ -102,10 +102,6 @@ class Batch:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.fields[name]
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self.mask.sum().item())
-
 
 def make_batch(roll: Rollout, indices: list[int], pad_id: int, fields=(), device="cpu") -> Batch:
     """The samples `indices` as one padded batch on `device` (one host-to-device copy of the tokens; the
