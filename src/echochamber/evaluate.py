@@ -36,7 +36,7 @@ from .formats import LABELS
 from .interpreter import generate_texts
 from .model import OLMo
 from .runio import atomic_write_json, write_jsonl
-from .sampler import SampleConfig
+from .sampler import SampleConfig, sampling_model
 from .tasks import Problem, load_problems
 from .tokenizer import Tokenizer
 
@@ -229,14 +229,16 @@ def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, poo
     step_dir = out_root / f"step_{step:06d}"
     was_training = model.training
     model.eval()
+    # One bf16 copy of the weights serves every sampler call of this evaluation (not one per call).
+    sampler_model = sampling_model(model, SampleConfig(dtype=ecfg.sample_dtype))
     results = {}
     for spec in ecfg.datasets:
         name = spec.replace(":", "_")
         problems = load_dataset(spec, ecfg.n_problems if n_problems is None else n_problems, cfg, ecfg.data_path)
-        results[name] = evaluate_dataset(model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir, name=name,
-                                         pool=pool, progress=progress, ctx=ctx, free_bytes=free_bytes)
+        results[name] = evaluate_dataset(sampler_model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir,
+                                         name=name, pool=pool, progress=progress, ctx=ctx, free_bytes=free_bytes)
         if ecfg.probe:
-            results[name]["probe"] = forced.probe_dataset(model, tok, problems, ecfg, seed=cfg.seed,
+            results[name]["probe"] = forced.probe_dataset(sampler_model, tok, problems, ecfg, seed=cfg.seed,
                                                           unforced=results[name], pool=pool, out_dir=step_dir,
                                                           prefix=f"{name}_", progress=progress, ctx=ctx)
     model.train(was_training)
