@@ -44,7 +44,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from .model import ModelConfig
+from .sampler import cache_dtype
 
 MAX_ROWS_PER_CALL = 512  # rows of one sampler call at most (memory permitting): the rollouts' and evaluation's cap
 PLAN_DEVICE_BYTES = 80e9  # the dry run's device when this machine has no GPU: an 80 GB H100 (memory_gb overrides)
@@ -115,10 +118,9 @@ def logits_bytes(model_config: ModelConfig, tokens: int) -> float:
     return min(tokens, max(64, LOGIT_CHUNK // V)) * V * LOGIT_BYTES
 
 
-def cache_element_bytes(sample_dtype: str, device_type: str) -> int:
-    """Bytes of one cached key or value element as sampler.generate stores it: bf16 when sampling in bf16 on a
-    GPU, else fp32 (an eager CPU keeps its cache in the weights' fp32)."""
-    return 2 if sample_dtype == "bfloat16" and device_type != "cpu" else 4
+def cache_element_bytes(sample_dtype: str, device_type: str, compiled: bool = False) -> int:
+    """Bytes of one cached key or value element as sampler.generate stores it (sampler.cache_dtype; fp32 weights)."""
+    return cache_dtype(sample_dtype == "bfloat16", device_type, compiled, torch.float32).itemsize
 
 
 def kv_cache_bytes(model_config: ModelConfig, rows: int, prompts: int, new_tokens: int, prompt_tokens: int,

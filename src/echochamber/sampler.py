@@ -116,6 +116,14 @@ def sampling_model(model, cfg: SampleConfig) -> OLMo:
     return model
 
 
+def cache_dtype(bf16: bool, device_type: str, compiled: bool, weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype generate keeps its KV cache in (memory.py sizes calls by it). Sampling in bf16: bf16, except eager
+    on a CPU, where the cache stays in the weights' fp32: single-query attention over a bf16 cache runs slower
+    there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the bytes. Compiled, a
+    bf16 cache ran as fast as an fp32 one on 2 cores (bench/README.md), in half the memory."""
+    return torch.bfloat16 if bf16 and (device_type != "cpu" or compiled) else weight_dtype
+
+
 def use_compile(cfg: SampleConfig, rows: int, device: torch.device) -> bool:
     """Whether to decode through torch.compile. cfg.compile "on"/"off" decide; "auto" compiles on a GPU for
     calls of at least COMPILE_MIN_WORK rows x tokens, and stays eager on a CPU, where compiling costs about
@@ -199,11 +207,8 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     amp = cfg.dtype == "bfloat16"
     compiled = use_compile(cfg, N, device)
     min_rows = MIN_COMPILED_ROWS if compiled else 1  # dropping stopped rows never shrinks the batch below this
-    # Eager on CPU, the cache stays fp32 even under bf16 autocast: single-query attention over a bf16 cache
-    # runs slower there (slow bf16 matrix-vector and elementwise kernels), which outweighs reading half the
-    # bytes. Compiled, a bf16 cache ran as fast as an fp32 one on 2 cores (bench/README.md), in half the memory.
-    bf16_cache = amp and (device.type != "cpu" or compiled)
-    cache_dtype = torch.bfloat16 if bf16_cache else model.wte.weight.dtype
+    kv_dtype = cache_dtype(amp, device.type, compiled, model.wte.weight.dtype)
+    bf16_cache = kv_dtype == torch.bfloat16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     # Distinct prompts, each prefilled once; row r of the sampling batch continues prompt r // n.
@@ -226,12 +231,12 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     P = max(len(p) for p in uniq)
     idx = torch.tensor([list(p) + [0] * (P - len(p)) for p in uniq], device=device)  # right-padded; one copy
     with autocast:
-        logits, pk, pv = model.prefill(idx, plen, cache_dtype)  # (U, V) at each prompt's last token; (L, U, H, P, hd)
+        logits, pk, pv = model.prefill(idx, plen, kv_dtype)  # (U, V) at each prompt's last token; (L, U, H, P, hd)
         # Room for every row's longest continuation, allocated once (see model.SampleCache).
         capacity = int(limit.max())
         # One slot more than any row writes: the attended width then never spans a whole buffer row, which would
         # make its slice contiguous and a compiled step compile again.
-        cache = SampleCache.start(pk, pv, plen, row_src, capacity + 1, cache_dtype)
+        cache = SampleCache.start(pk, pv, plen, row_src, capacity + 1, kv_dtype)
         del pk, pv
         logits = logits[row_src]  # (N, V)
 
