@@ -46,13 +46,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import ModelConfig
+from .model import GPU_LOGIT_CHUNK, ModelConfig
 from .sampler import cache_dtype
 
 MAX_ROWS_PER_CALL = 512  # rows of one sampler call at most (memory permitting): the rollouts' and evaluation's cap
 PLAN_DEVICE_BYTES = 80e9  # the dry run's device when this machine has no GPU: an 80 GB H100 (memory_gb overrides)
 RESERVE = 0.05  # of a GPU's budget, kept for the CUDA context, NCCL buffers and allocator fragmentation
-LOGIT_CHUNK = 1 << 26  # logits per head_logprobs chunk on a GPU (model.head_logprobs' max_logits)
 LOGIT_BYTES = 16  # bytes per chunk logit: bf16 logits, fp32 log-softmax, bf16 softmax (backward), fp32 entropy terms
 SAMPLING_LOGIT_BYTES = 40  # bytes per (row, vocabulary entry) of a decode step's fp32 temporaries (sampler.next_tokens)
 GB = 1e9
@@ -113,9 +112,9 @@ def activation_bytes(model_config: ModelConfig, tokens: int, checkpointing: bool
 
 
 def logits_bytes(model_config: ModelConfig, tokens: int) -> float:
-    """The head's chunked log-probabilities: at most LOGIT_CHUNK logits at a time (>= 64 rows)."""
+    """The head's chunked log-probabilities: at most GPU_LOGIT_CHUNK logits at a time (>= 64 rows)."""
     V = model_config.vocab_size
-    return min(tokens, max(64, LOGIT_CHUNK // V)) * V * LOGIT_BYTES
+    return min(tokens, max(64, GPU_LOGIT_CHUNK // V)) * V * LOGIT_BYTES
 
 
 def cache_element_bytes(sample_dtype: str, device_type: str, compiled: bool = False) -> int:

@@ -758,6 +758,12 @@ class _LinearLogprobs(torch.autograd.Function):
         return dh.to(ctx.h_dtype), dw.to(ctx.w_dtype), None, None, None, None, None
 
 
+# Logits per chunk of the fused head (head_logprobs): on a CPU small enough that a chunk's fp32 temporaries stay
+# in cache; elsewhere a memory cap (memory.py counts one chunk's fp32 temporaries).
+CPU_LOGIT_CHUNK = 1 << 20
+GPU_LOGIT_CHUNK = 1 << 26
+
+
 def head_logprobs(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor, max_logits: int | None = None,
                   temperature: float = 1.0, with_entropy: bool = False):
     """log p(targets) (B, T) fp32 from final hidden states h (B, T, C) and the output head, at softmax
@@ -770,7 +776,7 @@ def head_logprobs(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor, ma
         raise ValueError(f"head_logprobs: temperature must be > 0, got {temperature}")
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
     if max_logits is None:
-        max_logits = 1 << 20 if h.device.type == "cpu" else 1 << 26
+        max_logits = CPU_LOGIT_CHUNK if h.device.type == "cpu" else GPU_LOGIT_CHUNK
     rows = max(64, max_logits // V)  # at least 64 rows keep the chunk's matmul efficient
     lp, entropy = _LinearLogprobs.apply(h.reshape(B * T, C), lm_head.weight, targets.reshape(B * T), dtype, rows,
                                         float(temperature), with_entropy)
