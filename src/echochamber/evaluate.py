@@ -187,13 +187,14 @@ def greedy_and_samples(model: OLMo, tok: Tokenizer, questions: list[str], ecfg: 
     greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype)
     sample_cfg = dataclasses.replace(greedy_cfg, temperature=ecfg.temperature, top_p=ecfg.top_p, n=n)
     sample_seed = seed + 10_000 + rank
+    if not math.isinf(free_bytes):  # a memory limit: what one prompt's rows hold, known once
+        longest = max(map(len, tok.encode_batch(questions, add_bos=ecfg.add_bos)), default=0)
+        base = getattr(model, "module", model)  # (a DistributedDataParallel wrapper samples with its module)
+        elem = memory.cache_element_bytes(ecfg.sample_dtype, base.wte.weight.device.type)
 
     def per_call(want: int, rows: int) -> int:
         if math.isinf(free_bytes):  # no memory limit (a CPU): the configured calls
             return want
-        longest = max(map(len, tok.encode_batch(questions, add_bos=ecfg.add_bos)), default=0)
-        base = getattr(model, "module", model)  # (a DistributedDataParallel wrapper samples with its module)
-        elem = memory.cache_element_bytes(ecfg.sample_dtype, base.wte.weight.device.type)
         return memory.fitted_prompts(base.config, ecfg.max_new_tokens, free_bytes, want, rows, longest, elem,
                                      len(questions))
 
