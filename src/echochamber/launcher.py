@@ -124,10 +124,10 @@ def data_job(config: Path, data_dir: Path) -> None:
     build_dataset(load_run_config(config).data, data_dir)
 
 
-def report_job(config: str, grid: list[str], overrides: list[str], out: Path,
-               finish: Callable[[list[dict]], None] | None) -> list[dict]:
-    """The last job: sweep.json and the report from what the cells' folders hold (and a study's report)."""
-    entries = write_results(resolve_cells(config, grid, overrides, out), out)
+def report_job(cells: list[Cell], out: Path, finish: Callable[[list[dict]], None] | None) -> list[dict]:
+    """The last job: sweep.json and the report from what the cells' folders hold (and a study's report); the
+    cells are the ones launch_sweep resolved (they pickle with the job)."""
+    entries = write_results(cells, out)
     if finish is not None:
         finish(entries)
     return entries
@@ -247,8 +247,8 @@ def launch_sweep(config: str, grid: list[str], overrides: list[str], out: str | 
             atomic_write_text(cell.out / "error.log", f"{e}\n")
             print(f"{head}: FAILED: {e}", flush=True)
     if options.kind == "local":
-        return report_job(config, grid, overrides, out, finish)
-    report = sub.submit("report", "report", report_job, config, grid, overrides, out, finish, after=rl_jobs,
+        return report_job(cells, out, finish)
+    report = sub.submit("report", "report", report_job, cells, out, finish, after=rl_jobs,
                         any_outcome=True)
     print(f"report job {report.job.job_id}: {out / 'sweep.json'} and {out / 'report.html'} once the cells end; "
           f"logs: {folder / 'logs'}; rerun this command to submit what is left after a failure", flush=True)
