@@ -35,11 +35,10 @@ class Tracker:
     def __init__(self, run_dir: Path, cfg, stage: str):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run_dir / "tb"))
-        self.wandb_run = None
         lcfg: LogConfig = cfg.log
-        if lcfg.wandb:
-            self.wandb_run = start_wandb(run_dir, cfg, stage)
+        # W&B first: when it cannot start (not installed), no TensorBoard writer is left open behind the error.
+        self.wandb_run = start_wandb(run_dir, cfg, stage) if lcfg.wandb else None
+        self.tb = SummaryWriter(str(run_dir / "tb"))
 
     def log(self, record: dict, step: int, prefix: str) -> None:
         """Every number of `record` but its step, as PREFIX/KEY at `step` (None: nothing that step)."""
