@@ -270,15 +270,9 @@ def test_hub_loader_shares_the_local_mapping(tmp_path, monkeypatch):
     """A stand-in `datasets` module serving local records exercises hub.py's real code path."""
     from echochamber.tasks import hub
 
-    calls = []
     recs = [{"question": f"Q{i}?", "generated_solution": f"S{i} \\boxed{{{i}}}", "expected_answer": str(i),
              "is_correct": i % 2 == 0} for i in range(10)]
-
-    def load_dataset(path, config=None, *, split, streaming, data_files=None):
-        calls.append((path, config, split, streaming, data_files))
-        return iter(recs)
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    calls = _hub_stand_in(monkeypatch, {"json": recs})
     problems = load_problems("hub", "omi1:train", n=3)
     assert [p.question for p in problems] == ["Q0?", "Q2?", "Q4?"]  # OMI1: correct solutions only
     assert [p.answer for p in problems] == ["0", "2", "4"] and problems[0].solution == recs[0]["generated_solution"]
