@@ -147,13 +147,19 @@ def _rows(rows: list[tuple[str, str]]) -> str:
 
 # ----------------------------------------------------------------------------- plans
 
+def _plan_model(cfg) -> tuple[int, str, int, str, ModelNumbers]:
+    """What every plan starts from: (GPUs, where that count comes from, vocabulary, where it comes from, the
+    model's numbers at that vocabulary)."""
+    world, world_src = _world_size()
+    vocab, vocab_src = _vocab(cfg)
+    return world, world_src, vocab, vocab_src, model_numbers(cfg.model, vocab)
+
+
 def _pretrain(cfg) -> tuple[str, memory.MemoryPlan]:
     from .data import load_manifest
 
     pcfg = cfg.pretrain
-    world, world_src = _world_size()
-    vocab, vocab_src = _vocab(cfg)
-    m = model_numbers(cfg.model, vocab)
+    world, world_src, vocab, vocab_src, m = _plan_model(cfg)
     c = m.config
     T = cfg.data.seq_len
     global_batch_key = getattr(pcfg, "global_batch", 0)
@@ -277,9 +283,7 @@ def eval_prompt_lengths(cfg) -> tuple[int, str]:
 
 def _rl(cfg) -> tuple[str, memory.MemoryPlan]:
     r = cfg.rl
-    world, world_src = _world_size()
-    vocab, vocab_src = _vocab(cfg)
-    m = model_numbers(cfg.model, vocab)
+    world, world_src, vocab, vocab_src, m = _plan_model(cfg)
     n_prompts, prompt, longest, prompt_src = train_prompt_lengths(cfg)
     eval_longest, _ = eval_prompt_lengths(cfg)
     mem = memory.rl_memory(cfg, world, m.config, prompt_tokens=longest, eval_prompt_tokens=eval_longest,
@@ -327,9 +331,7 @@ def _rl(cfg) -> tuple[str, memory.MemoryPlan]:
 
 def _eval(cfg) -> tuple[str, memory.MemoryPlan]:
     e = cfg.eval
-    world, world_src = _world_size()
-    vocab, vocab_src = _vocab(cfg)
-    m = model_numbers(cfg.model, vocab)
+    world, world_src, vocab, vocab_src, m = _plan_model(cfg)
     longest, longest_src = eval_prompt_lengths(cfg)
     mem = memory.eval_memory(cfg, world, m.config, prompt_tokens=longest)
     rows = [
@@ -353,11 +355,6 @@ def pretrain_plan(cfg) -> str:
 def rl_plan(cfg) -> str:
     """The RL plan's text (_rl: with its memory plan)."""
     return _rl(cfg)[0]
-
-
-def eval_plan(cfg) -> str:
-    """The evaluation plan's text (_eval: with its memory plan)."""
-    return _eval(cfg)[0]
 
 
 def data_plan(cfg) -> str:
