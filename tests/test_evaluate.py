@@ -66,3 +66,45 @@ def test_grade_sees_prompt_hands_the_grader_question_and_response(monkeypatch, p
     result = evaluate.evaluate_dataset(None, tok, [problem], ecfg, seed=0, out_dir=None, name="t", pool=pool)
     assert result["pass@1"] == 1.0 and result["format_share"][label] == 1.0
     assert result["sample_format_share"][label] == 1.0
+
+
+def test_pass_at_k_curve_holds_every_power_of_two_up_to_the_sample_count(monkeypatch, pool):
+    """pass@j for j = 1, 2, 4 (and n) from the same n samples: the late-training pass@k curve."""
+    from types import SimpleNamespace
+
+    from echochamber import evaluate
+    from echochamber.tasks import Problem
+
+    right, wrong = "\n\nx is 2 + 3 = 5. The answer is \\boxed{5}.", "\n\nx is 2 + 3 = 6. The answer is \\boxed{6}."
+    # problem 0: 1 of 4 samples right; problem 1: none of 4
+    samples = [[right, wrong, wrong, wrong], [wrong] * 4]
+    monkeypatch.setattr(evaluate, "greedy_and_samples", lambda *a, **k: ([right, wrong], samples))
+    tok = SimpleNamespace(encode_batch=lambda texts: [t.split() for t in texts])
+    problems = [Problem("p0", "What is 2 plus 3?", "5"), Problem("p1", "What is 2 plus 3?", "5")]
+    result = evaluate.evaluate_dataset(None, tok, problems, evaluate.EvalConfig(n_samples=4), seed=0, out_dir=None,
+                                       name="t", pool=pool)
+    # pass@j of problem 0 = 1 - C(3, j) / C(4, j): 1/4, 1/2, 1
+    assert result["pass@k_curve"] == pytest.approx({"1": 0.125, "2": 0.25, "4": 0.5})
+    assert result["pass@k"] == result["pass@k_curve"]["4"]
+
+
+def test_greedy_only_evaluations_draw_no_samples_and_no_probes(monkeypatch, tmp_path):
+    """evaluate(..., greedy_only=True), what RL asks between its first and last evaluation under
+    eval.between_greedy_only: the samples and the probes stay at the ends."""
+    from types import SimpleNamespace
+
+    from echochamber import evaluate
+    from echochamber.config import RunConfig
+
+    seen = []
+    monkeypatch.setattr(evaluate, "load_dataset", lambda *a, **k: [])
+    monkeypatch.setattr(evaluate, "sampling_model", lambda model, cfg: model)
+    monkeypatch.setattr(evaluate, "evaluate_dataset",
+                        lambda model, tok, problems, ecfg, **k: seen.append((ecfg.n_samples, ecfg.probe)) or {})
+    monkeypatch.setattr(evaluate.forced, "probe_dataset", lambda *a, **k: seen.append("probe") or {})
+    cfg = RunConfig()
+    cfg.eval.n_samples, cfg.eval.probe = 8, True
+    model = SimpleNamespace(training=False, eval=lambda: None, train=lambda mode: None)
+    for greedy_only in (True, False):
+        evaluate.evaluate(model, None, cfg, step=0, out_root=tmp_path, free_bytes=1.0, greedy_only=greedy_only)
+    assert seen == [(0, False), (8, True), "probe"]

@@ -63,6 +63,8 @@ class EvalConfig:
     # stored as datasets[NAME]["probe"] in step_N.json: each format's forced accuracy over RL steps
     interpreter: bool = False  # run each <llm-code> block in the sandbox as it closes and write its real output
     # for the model to go on from (interpreter.py; OpenMathInstruct-1's own inference). Paper: off
+    between_greedy_only: bool = False  # RL's evaluations between the first and the last decode greedily only: no
+    # samples (pass@k) and no probes there, which keep them at the ends (before and after RL), where studies read them
 
     def __post_init__(self):
         check(self, at_least_1=("max_new_tokens", "batch_prompts"),
@@ -167,6 +169,11 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
         per_problem = [srows[i * n:(i + 1) * n] for i in range(len(rows))]
         result["k"] = n
         result["pass@k"] = sum(pass_at_k(n, sum(r["correct"] for r in rs), n) for rs in per_problem) / len(rows)
+        # pass@j for j = 1, 2, 4, ... up to n from the same n samples (unbiased for every j <= n): how the chance that
+        # one of j tries is right grows with j, the curve the paper watches fall late in training at large j
+        correct_counts = [sum(r["correct"] for r in rs) for rs in per_problem]
+        result["pass@k_curve"] = {str(j): sum(pass_at_k(n, c, j) for c in correct_counts) / len(rows)
+                                  for j in sorted({*(2 ** i for i in range(n.bit_length()) if 2 ** i <= n), n})}
         result["maj@k"] = sum(majority_correct([r["answer"] for r in rs], [r["correct"] for r in rs])
                               for rs in per_problem) / len(rows)
         result["sample_format_share"], result["sample_format_acc"] = label_table([r["label"] for r in srows],
@@ -217,12 +224,13 @@ def greedy_and_samples(model: OLMo, tok: Tokenizer, questions: list[str], ecfg: 
 
 def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, pool=None,
              progress: bool = True, extra: dict | None = None, n_problems: int | None = None,
-             ctx: dist.DistContext | None = None, free_bytes: float | None = None) -> dict:
+             ctx: dist.DistContext | None = None, free_bytes: float | None = None, greedy_only: bool = False) -> dict:
     """Evaluate on every dataset of cfg.eval (n_problems of each, default eval.n_problems); writes
     out_root/step_N.json (with `extra`'s keys, e.g. which weights were evaluated) and out_root/step_N/*.jsonl
     (rank 0 under torchrun, where the problems are split over the processes). free_bytes: what the sampler's
-    calls may take (RL passes its plan's); None: `echochamber eval`'s plan (memory.eval_memory)."""
-    ecfg: EvalConfig = cfg.eval
+    calls may take (RL passes its plan's); None: `echochamber eval`'s plan (memory.eval_memory). greedy_only:
+    greedy decoding alone (no samples, no probes), whatever cfg.eval asks."""
+    ecfg: EvalConfig = dataclasses.replace(cfg.eval, n_samples=0, probe=False) if greedy_only else cfg.eval
     if free_bytes is None:
         base = getattr(model, "module", model)
         free_bytes = memory.eval_memory(cfg, ctx.world_size if ctx else 1, base.config,

@@ -236,10 +236,11 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
         step, wall_before, stream.position = state["step"], state["wall_seconds"], state["prompt_position"]
 
     def run_eval(at: int) -> dict:
-        between = 0 < at < total_steps and cfg.eval.n_problems_between
+        between = 0 < at < total_steps
         summary = evaluate(model, tok, cfg, step=at, out_root=eval_root, pool=pool, progress=progress,
                            extra={"init": fingerprint}, ctx=ctx, free_bytes=room,
-                           n_problems=cfg.eval.n_problems_between if between else None)
+                           n_problems=cfg.eval.n_problems_between if between and cfg.eval.n_problems_between
+                           else None, greedy_only=between and cfg.eval.between_greedy_only)
         if ctx.is_main:
             (on_eval or _print_eval)(summary)
         return summary
