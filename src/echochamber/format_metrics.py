@@ -121,9 +121,19 @@ _CHAIN = re.compile(rf"(?<![\w.^_{{]){_OPERAND}(?P<ops>(?:[ \t]*{_OPERATOR}[ \t]
 _RESULT = re.compile(rf"[ \t]*=[ \t]*-?{_VALUE}")
 
 
+def equations(response: str) -> list[tuple[str, str]]:
+    """The arithmetic equations the response writes out, in order, as (left side, result) texts: "24 - 5 = 19"
+    -> ("24 - 5", "19") (exact rule above _CHAIN; error_categories checks their operands and arithmetic)."""
+    out = []
+    for m in _CHAIN.finditer(response):
+        if m.group("ops") and (r := _RESULT.match(response, m.end())):
+            out.append((m.group(0), r.group(0).strip().lstrip("=").strip()))
+    return out
+
+
 def n_equations(response: str) -> int:
     """How many arithmetic equations the response writes out (`a op b = c` style; exact rule above _CHAIN)."""
-    return sum(1 for m in _CHAIN.finditer(response) if m.group("ops") and _RESULT.match(response, m.end()))
+    return len(equations(response))
 
 
 # label -> (metric name, value of one row); a row is a dict with question, response, label, tokens, transcript.

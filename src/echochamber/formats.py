@@ -104,6 +104,9 @@ class Graded:
     transcript: str | None = None  # "genuine" | "invented" | None (no written output after the last block)
     written_output: str | None = None  # the <llm-code-output> written after the last code block
     real_output: str | None = None  # what that code really shows when run: its prints, then its value or error
+    # Code formats: what the code computes (the answer before a genuine transcript's \boxed{} replaces it);
+    # None for text, or when the code failed, timed out or showed nothing (error_categories reads it)
+    computed: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -535,6 +538,7 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
     labels: list[str] = []
     answers: list[str | None] = []
     errors: list[str | None] = []
+    computed: list[str | None] = []  # code formats: the code's own answer (Graded.computed)
     boxes = [final_boxed(r) for r in responses]
     transcripts: dict[int, tuple[str | None, str | None, str]] = {}  # structure omi1: (verdict, written, real)
     to_parse: list[int] = []  # paper mode: responses whose answer comes from math-verify's parse of the text
@@ -548,6 +552,7 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
             if ans is not None:
                 answer, error = ans, None
                 break
+        computed.append(answer if atts else None)
         if mode == "structure" and label == "omi1" and ran[0] is not None:
             written = written_output(texts[i])
             verdict = None if written is None else "genuine" if outputs_agree(written, ran[0]) else "invented"
@@ -594,7 +599,8 @@ def grade_many(responses: Sequence[str], golds: Sequence[str | None], *, mode: M
     def graded(i: int) -> Graded:
         verdict, written, real = transcripts.get(i, (None, None, None))
         cap = (lambda x: None if x is None else x[:OUTPUT_RECORD_CHARS])
-        return Graded(labels[i], answers[i], boxes[i].answer, correct[i], errors[i], verdict, cap(written), cap(real))
+        return Graded(labels[i], answers[i], boxes[i].answer, correct[i], errors[i], verdict, cap(written), cap(real),
+                      computed[i])
 
     return [graded(i) for i in range(n)]
 

@@ -159,8 +159,11 @@ class SyntheticProblem:
         return str(self.answer)
 
     def to_problem(self) -> Problem:
+        # givens/computation: the computation itself, as JSON-ready lists, for error_categories.categorise
         return Problem(id=self.id, question=self.question, answer=self.gold,
-                       meta={"source": "synthetic", "split": self.split, "kind": self.kind, "steps": len(self.steps)})
+                       meta={"source": "synthetic", "split": self.split, "kind": self.kind, "steps": len(self.steps),
+                             "givens": [[name, value] for name, value in self.givens],
+                             "computation": [[s.var, s.left, s.op, s.right] for s in self.steps]})
 
 
 # ----------------------------------------------------------------------------- story templates
