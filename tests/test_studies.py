@@ -142,7 +142,14 @@ def test_study_report_puts_the_study_figure_first_and_records_its_numbers(tmp_pa
     assert grpo["format_share_before"]["text"] == pytest.approx(0.775)
     assert ei["winner_per_run"] == ["tinygsm"] and ei["passk_after"] is None
     assert json.loads((out / "study.json").read_text()) == summary
-    assert summary["result_lines"][0].startswith("rl.algo=grpo [synthetic_test]: pass@1 30.0% ± 10.0% -> 70.0%")
+    # means over seeds with their 95% bootstrap interval: 2 seeds at 20% and 40% give [20, 40]
+    assert summary["result_lines"][0].startswith("rl.algo=grpo [synthetic_test, 2 seeds]: pass@1 30.0% [20.0, 40.0] "
+                                                  "-> 70.0% [60.0, 80.0]")
+    assert (grpo["pass1_after"]["lo"], grpo["pass1_after"]["hi"]) == pytest.approx((0.6, 0.8))
+    # EI has one seed: its difference from GRPO is compared, never established
+    (d,) = [d for d in summary["differences"] if d["metric"] == "pass@1"]
+    assert d["groups"] == ["rl.algo=grpo", "rl.algo=ei"] and d["difference"] == pytest.approx(0.3 - 0.7)
+    assert d["established"] is False
 
     page = (out / "report.html").read_text()
     assert page.index("study_algorithms") < page.index("sweep_format_shares_synthetic_test")  # the answer first
@@ -153,23 +160,27 @@ def test_study_report_puts_the_study_figure_first_and_records_its_numbers(tmp_pa
     assert xs == [[0, 32], [0, 32]]  # x = samples drawn: GRPO 4 steps x 8 samples; EI 1 round x 32
 
 
-def test_kl_figure_has_a_row_per_algorithm_and_a_line_per_coefficient(tmp_path):
+def test_kl_figure_draws_each_coefficient_after_rl_with_its_seeds_and_their_mean(tmp_path):
+    """The dose-response: one x position per coefficient; the share of sampled outputs outside each run's winning
+    format after RL, every seed as a dot and the mean as a diamond with its interval."""
     out = tmp_path / "kl"
     entries = []
-    for algo in ("ppo", "grpo"):
-        for kl, minority in ((0.0, 0.0), (0.01, 0.3)):
-            name = f"rl.algo={algo},rl.kl_coef={kl}"
+    for kl, minorities in ((0.0, (0.0, 0.1)), (0.3, (0.3, 0.5))):
+        for seed, minority in enumerate(minorities):
+            name = f"rl.kl_coef={kl},rl.seed={seed}"
             after = {"omi1": 1 - minority, "text": minority}
-            entries.append(fake_cell(out, name, {"rl.algo": algo, "rl.kl_coef": kl}, {"rl": {"algo": algo}},
+            entries.append(fake_cell(out, name, {"rl.kl_coef": kl, "rl.seed": seed}, {"rl": {"algo": "ppo"}},
                                      {0: ds(0.2, {"text": 0.5, "omi1": 0.5}, **{"pass@k": 0.5, "k": 8,
                                                                                   "sample_format_share": {"text": 0.5, "omi1": 0.5}}),
                                       4: ds(0.6, after, **{"pass@k": 0.7, "k": 8, "sample_format_share": after})}))
-    fig = fig_kl(_groups(out, entries), "synthetic_test")
-    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    assert [ax.get_title().split(" · ")[0] for ax in panels] == ["ppo", "ppo", "grpo", "grpo"]
-    minority_ppo = panels[0]
-    assert [line.get_ydata()[-1] for line in minority_ppo.lines] == pytest.approx([0.0, 0.3])
-    assert panels[1].get_title().endswith("pass@8")
+    groups = _groups(out, entries)
+    assert [v for _, v, _ in groups] == [{"rl.kl_coef": 0.0}, {"rl.kl_coef": 0.3}]
+    fig = fig_kl(groups, "synthetic_test")
+    outside, passk, _ = fig.axes
+    assert [t.get_text() for t in outside.get_xticklabels()] == ["0.0", "0.3"] and passk.get_title() == "pass@8"
+    # the after-RL means (blue diamonds right of each tick): 5% and 40%; before RL every run had 50% outside omi1
+    means = [line.get_ydata()[0] for line in outside.lines if line.get_marker() == "D"]
+    assert means == pytest.approx([0.5, 0.05, 0.5, 0.4])
 
 
 def test_group_result_reads_pass_at_k_and_ignores_unknown_as_winner(tmp_path):

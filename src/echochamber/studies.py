@@ -47,6 +47,7 @@ from matplotlib.patches import Patch
 
 from .report import (Run, _color, _embed, _eval_series, _grid, _legend, _ordered, _step_axis,
                      _union, fig_sweep_format_shares, load_run, seed_band, write_sweep_report)
+from .intervals import percent, separated, summarize
 from .runio import atomic_write_json, git_commit
 from .sweep import dry_run as sweep_dry_run, group_over_seeds, is_seed_key, run_sweep
 
@@ -131,44 +132,158 @@ def fig_algorithms(groups: list[Group], dataset: str) -> Figure | None:
     return fig
 
 
-def _minority_series(dataset: str) -> Callable[[Run], tuple]:
-    """Share of outputs outside the leading format per evaluation (sampled outputs when the run drew samples,
-    else greedy), with pass@k as the 'accuracy' line (greedy pass@1 when no samples)."""
-    def get(run: Run):
-        recs = [(e["step"], e["datasets"][dataset]) for e in run.evals if dataset in e.get("datasets", {})]
-        steps = np.array([s for s, _ in recs])
-        shares = [d.get("sample_format_share") or d["format_share"] for _, d in recs]
-        labels = _union(shares)
-        per_label = {lab: np.array([s.get(lab, 0.0) for s in shares]) for lab in labels if lab != "unknown"}
-        minority = 1.0 - (_top_share(per_label) if per_label else np.zeros(len(recs)))
-        passk = np.array([d.get("pass@k", d["pass@1"]) for _, d in recs], dtype=float)
-        return steps, {"minority": minority}, passk
-    return get
+def _end_values(groups: list[Group], dataset: str, metric: str, when: str = "after") -> list[list[float]]:
+    """Per group, each run's record_metrics[metric] at its last (when="after") or first evaluation of `dataset`."""
+    out = []
+    for _, _, runs in groups:
+        runs = [r for r in runs if dataset in r.datasets]
+        first, last = first_last(runs, dataset)
+        winners = [winner(d["format_share"]) for d in last]
+        recs = last if when == "after" else first
+        out.append([m[metric] for m in (record_metrics(d, w) for d, w in zip(recs, winners)) if metric in m])
+    return out
+
+
+def _dots_and_interval(ax, x: float, vals: list[float], color: str, **kw) -> None:
+    """Each seed's value as a dot, their mean as a diamond with its 95% bootstrap interval as an error bar."""
+    s = summarize(vals)
+    if s is None:
+        return
+    ax.scatter([x] * len(vals), vals, color=color, s=12, alpha=0.5, lw=0)
+    ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - s["lo"]], [s["hi"] - s["mean"]]], color=color, marker="D",
+                ms=6, capsize=4, lw=1.5, **kw)
 
 
 def fig_kl(groups: list[Group], dataset: str) -> Figure | None:
-    """Rows: algorithms; columns: share of outputs outside the leading format, and pass@k; a line per KL coefficient."""
+    """The dose-response: after RL, against the KL coefficient, the share of sampled outputs outside the run's
+    winning format, pass@k and pass@1 (seeds as dots; mean and 95% interval); the value before RL in grey."""
     groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
     if not groups:
         return None
-    algos = list(dict.fromkeys(str(v.get("rl.algo", "")) for _, v, _ in groups))
-    fig, axes = _grid(len(algos), 2, f"{dataset}: does the KL coefficient keep minority formats and pass@k alive?")
-    coefs = list(dict.fromkeys(str(v.get("rl.kl_coef", "")) for _, v, _ in groups))
-    for _, values, runs in groups:
-        row = algos.index(str(values.get("rl.algo", "")))
-        color = f"C{coefs.index(str(values.get('rl.kl_coef', ''))) % 10}"
-        steps, minority, passk = seed_band(runs, _minority_series(dataset))
-        for ax, band in zip(axes[row], (minority["minority"], passk)):
-            _band(ax, steps, band, color, len(runs) > 1)
-    k = list(dict.fromkeys(str(e["datasets"][dataset].get("k", 1)) for _, _, runs in groups for r in runs
-                           for e in r.evals if dataset in e.get("datasets", {})))
-    for row, algo in enumerate(algos):
-        for ax, title in zip(axes[row], ("share outside the leading format (sampled outputs)",
-                                         f"pass@{'/'.join(k)}")):
-            ax.set_title(f"{algo or 'all'} · {title}", fontsize=10)
-            ax.set_ylim(0, 1.02)
-            _step_axis(ax, [r for _, v, rs in groups if str(v.get("rl.algo", "")) == algo for r in rs])
-    _legend(fig, [Line2D([], [], color=f"C{i % 10}", lw=1.8, label=f"kl_coef {c}") for i, c in enumerate(coefs)])
+    fig, axes = _grid(1, 3, f"{dataset}: what the KL coefficient keeps, after RL (dots: seeds; diamond: mean, 95% "
+                            f"interval; grey: before RL)")
+    coefs = [str(v.get("rl.kl_coef", name)) for name, v, _ in groups]
+    k = next((e["datasets"][dataset].get("k") for _, _, rs in groups for r in rs for e in r.evals
+              if dataset in e.get("datasets", {}) and e["datasets"][dataset].get("k")), None)
+    panels = (("outside_winner_sampled", "share of sampled outputs outside the winning format"),
+              ("pass@k", f"pass@{k or 'k'}"), ("pass@1", "greedy pass@1"))
+    for ax, (metric, title) in zip(axes[0], panels):
+        for x, (before, after) in enumerate(zip(_end_values(groups, dataset, metric, "before"),
+                                                _end_values(groups, dataset, metric))):
+            _dots_and_interval(ax, x - 0.12, before, "0.6")
+            _dots_and_interval(ax, x + 0.12, after, "C0")
+        ax.set_xticks(range(len(coefs)), coefs)
+        ax.set_xlabel("rl.kl_coef")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _interval_curves(runs: list[Run], get: Callable[[Run], dict[int, float]]) -> tuple[np.ndarray, ...]:
+    """steps, mean, lo, hi of a per-step value over runs (95% bootstrap interval of the mean at each step; a run
+    lacking a step is left out there)."""
+    per_run = [get(r) for r in runs]
+    steps = sorted({s for d in per_run for s in d})
+    sums = [summarize(d.get(s) for d in per_run) for s in steps]
+    return (np.array(steps),) + tuple(np.array([m[key] if m else np.nan for m in sums]) for key in ("mean", "lo", "hi"))
+
+
+def fig_long(groups: list[Group], dataset: str) -> Figure | None:
+    """pass@j for every j the evaluations drew (j = 1, 2, 4, ... 16) over RL steps: does pass@k at large k fall
+    late in training while pass@1 rises? Mean over seeds, band the 95% interval; right: each relative to its
+    value before RL."""
+    runs = [r for _, _, rs in groups for r in rs if dataset in r.datasets]
+    if not runs:
+        return None
+    js = sorted({int(j) for r in runs for e in r.evals for j in (e["datasets"].get(dataset, {}).get("pass@k_curve")
+                                                                  or {})})
+    fig, axes = _grid(1, 2, f"{dataset}: pass@k over a long RL run (line: mean over {len(runs)} seeds; band: 95% "
+                            f"interval)")
+    for i, j in enumerate(js or [1]):
+        def at(run: Run, j=j) -> dict[int, float]:
+            recs = [(e["step"], e["datasets"][dataset]) for e in run.evals if dataset in e.get("datasets", {})]
+            return {s: (d.get("pass@k_curve") or {}).get(str(j), d["pass@1"] if j == 1 else None) for s, d in recs}
+
+        def rel(run: Run, j=j) -> dict[int, float]:
+            vals = {s: v for s, v in at(run).items() if v is not None}
+            base = vals[min(vals)] if vals else None
+            return {s: v - base for s, v in vals.items()} if base is not None else {}
+
+        for ax, get in zip(axes[0], (at, rel)):
+            steps, mean, lo, hi = _interval_curves(runs, get)
+            _band(ax, steps, (mean, lo, hi), f"C{i}", len(runs) > 1, label=f"pass@{j}")
+    axes[0][0].set_title("sampled pass@k (temperature 0.7)", fontsize=10)
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][1].set_title("change since step 0 (points / 100)", fontsize=10)
+    axes[0][1].axhline(0, color="0.5", lw=0.8)
+    for ax in axes[0]:
+        _step_axis(ax, runs)
+    _legend(fig, [Line2D([], [], color=f"C{i}", lw=1.8, label=f"pass@{j}") for i, j in enumerate(js or [1])])
+    return fig
+
+
+def fig_failure(groups: list[Group], dataset: str) -> Figure | None:
+    """Left: greedy format shares before and after RL per mixture; right: each format's forced accuracy (probes)
+    before and after RL, the accuracy RL could have chosen (seeds as dots; mean and 95% interval)."""
+    groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
+    if not groups:
+        return None
+    fig, axes = _grid(1, 2, f"{dataset}: does RL amplify the frequent, less accurate format?")
+    xlabels = [str(v.get("data.mixture", name)) for name, v, _ in groups]
+    seen = _before_after_on(axes[0][0], groups, dataset, xlabels)
+    ax = axes[0][1]
+    fmts = [f for f in ("tinygsm", "omi1", "text")
+            if any(_end_values(groups, dataset, f"forced/{f}", "before"))]
+    for gi in range(len(groups)):
+        for fi, fmt in enumerate(fmts):
+            for wi, when in enumerate(("before", "after")):
+                vals = _end_values(groups, dataset, f"forced/{fmt}", when)[gi]
+                x = gi + (fi - (len(fmts) - 1) / 2) * 0.25 + (wi - 0.5) * 0.1
+                _dots_and_interval(ax, x, vals, _color(fmt), alpha=0.45 if when == "before" else 1.0)
+    ax.set_xticks(range(len(groups)), xlabels)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("forced accuracy per format (left of each pair: before RL; right: after)", fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend(fig, [Patch(color=_color(lab), label=lab) for lab in _ordered(seen | set(fmts))]
+            + [Line2D([], [], color="black", marker="D", lw=0, label="greedy pass@1")])
+    return fig
+
+
+def fig_refinement(groups: list[Group], dataset: str) -> Figure | None:
+    """One row per single-format model: its within-format metrics of the rollouts (every RL step, the sampled
+    responses in that format) and greedy pass@1; mean over seeds, band the 95% interval."""
+    from .report import within_series
+
+    groups = [g for g in groups if g[2]]
+    if not groups:
+        return None
+    rows = []
+    for name, values, runs in groups:
+        series = [within_series(r).get("rollouts", {}) for r in runs]
+        keys = [k for k in dict.fromkeys(k for s in series for m in s.values() for k, v in m.items()
+                                         if v is not None and not k.startswith("within/unknown"))]
+        rows.append((name, runs, series, keys))
+    ncols = max(len(keys) for *_, keys in rows) + 1
+    fig, axes = _grid(len(rows), ncols, "Within one format: how RL changes the way the model writes it (rollouts; "
+                                        "line: mean over seeds; band: 95% interval)")
+    for (name, runs, series, keys), axrow in zip(rows, axes):
+        for ax, key in zip(axrow, keys):
+            by_run = dict(zip(map(id, runs), series))
+            steps, mean, lo, hi = _interval_curves(runs, lambda r: {s: m.get(key) for s, m in by_run[id(r)].items()
+                                                                    if m.get(key) is not None})
+            _band(ax, steps, (mean, lo, hi), "C0", len(runs) > 1)
+            ax.set_title(f"{name} · {key.removeprefix('within/')}", fontsize=9)
+            _step_axis(ax, runs)
+        ax = axrow[len(keys)]
+        steps, mean, lo, hi = _interval_curves(runs, lambda r: {e["step"]: e["datasets"][dataset]["pass@1"]
+                                                                for e in r.evals if dataset in e.get("datasets", {})})
+        _band(ax, steps, (mean, lo, hi), "black", len(runs) > 1)
+        ax.set_title(f"{name} · greedy pass@1 ({dataset})", fontsize=9)
+        ax.set_ylim(0, 1.02)
+        _step_axis(ax, runs)
+        for ax in axrow[len(keys) + 1:]:
+            ax.set_visible(False)
     return fig
 
 
@@ -179,13 +294,9 @@ def _stacked_bars(ax, x: float, shares: dict[str, float], width: float = 0.35) -
         bottom += shares[lab]
 
 
-def _before_after_bars(groups: list[Group], dataset: str, title: str, xlabels: list[str]) -> Figure | None:
-    """One pair of stacked bars per group: greedy format shares before RL and after, pass@1 marked on each."""
-    groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
-    if not groups:
-        return None
-    fig, axes = _grid(1, 1, title)
-    ax = axes[0, 0]
+def _before_after_on(ax, groups: list[Group], dataset: str, xlabels: list[str]) -> set[str]:
+    """One pair of stacked bars per group on `ax`: greedy format shares before RL and after, pass@1 marked on
+    each; returns the format labels drawn."""
     seen: set[str] = set()
     for i, (_, _, runs) in enumerate(groups):
         for j, recs in enumerate(first_last(runs, dataset)):
@@ -199,6 +310,16 @@ def _before_after_bars(groups: list[Group], dataset: str, title: str, xlabels: l
     ax.set_xticks(range(len(groups)), xlabels)
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("share of greedy outputs; ◆ pass@1")
+    return seen
+
+
+def _before_after_bars(groups: list[Group], dataset: str, title: str, xlabels: list[str]) -> Figure | None:
+    """One pair of stacked bars per group: greedy format shares before RL and after, pass@1 marked on each."""
+    groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
+    if not groups:
+        return None
+    fig, axes = _grid(1, 1, title)
+    seen = _before_after_on(axes[0, 0], groups, dataset, xlabels)
     _legend(fig, [Patch(color=_color(lab), label=lab) for lab in _ordered(seen)]
             + [Line2D([], [], color="black", marker="D", lw=0, label="greedy pass@1")])
     return fig
@@ -268,20 +389,61 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           "quickstart", ("seed=0,1,2",), (), fig_collapse),
     Study("algorithms", "PPO vs GRPO vs Expert Iteration on the same budget of samples: gain and collapse.",
           "PPO is the most stable; GRPO collapses the same way; Expert Iteration lags, with a milder shift.",
-          "quickstart", ("rl.algo=grpo,ppo,ei",), (), fig_algorithms),
-    Study("kl", "Does a larger KL coefficient keep minority formats alive and pass@k stable? (PPO with k1 in the "
-          "reward, as the paper; GRPO with k3 in the loss)",
+          "quickstart", ("rl.algo=grpo,ppo,ei", "rl.seed=0,1,2"), (), fig_algorithms),
+    # The KL dose-response (issue 19). PPO with k1 in the reward, the paper's form, on one pretrained quickstart
+    # model, 3 RL seeds per coefficient. The range reaches where the penalty is comparable to the 0/1 reward (the
+    # first kl study measured a drift of 0.03-0.04 nats per token after 24 steps, so 0.3-1.0 x ~115 tokens x that
+    # drift is of order 1). Only the ends carry samples (pass@8, sampled shares); RL's length is set by KL_PILOT.
+    Study("kl", "Does a larger KL coefficient keep minority formats alive and pass@k stable, and what does it cost "
+          "in pass@1? (PPO, k1 in the reward, kl_coef 0 to 1, 3 RL seeds on one pretrained model)",
           "kl_coef 0.01 (vs 0.001) keeps minority formats and pass@64 stable (PPO; the paper's GRPO ran without "
           "an effective KL).",
-          "quickstart", ("rl.algo=ppo,grpo", "rl.kl_coef=0,0.001,0.01"), ("eval.n_samples=8",), fig_kl),
+          "quickstart", ("rl.kl_coef=0,0.01,0.1,0.3,1.0", "rl.seed=0,1,2"),
+          ("rl.algo=ppo", "rl.kl_in=reward", "rl.kl_estimator=k1",
+           "rl.steps=48",  # KL_PILOT's rule sets this; 48 is the rule's smallest outcome until the pilot has run
+           "rl.eval_every=8", "eval.datasets=[synthetic:test]", "eval.n_samples=8", "eval.between_greedy_only=true"),
+          fig_kl),
+    # The pilot that sets the kl study's length, with its rule fixed before it runs: PPO at kl_coef 0.01 (the
+    # paper's value) for 96 steps, seed 0. The kl study then runs N steps, N the first of 48, 72, 96 at which the
+    # pilot's KL to the pretrained model (metrics.jsonl kl_k1, mean of the 8 steps ending at N) has reached 80% of
+    # its mean over steps 89-96; 96 if none has. (The drift must have grown before a coefficient can act on it.)
+    Study("kl_pilot", "How fast does PPO's KL to the pretrained model grow over 96 steps? (sets the kl study's length)",
+          "The paper's PPO ran about 1160 rollouts; its KL findings are about long runs.",
+          "quickstart", (),
+          ("rl.algo=ppo", "rl.kl_in=reward", "rl.kl_estimator=k1", "rl.kl_coef=0.01", "rl.steps=96", "rl.eval_every=8",
+           "eval.datasets=[synthetic:test]", "eval.n_samples=8", "eval.between_greedy_only=true"), fig_kl),
+    Study("long", "Late in a long GRPO run (4x the quickstart's steps), does pass@k at large k fall while pass@1 "
+          "rises, and when? (pass@1 to pass@16 at every evaluation, 3 RL seeds on one pretrained model)",
+          "pass@1 and maj@k rise while pass@64 declines late in training.",
+          "quickstart", ("rl.seed=0,1,2",),
+          ("rl.steps=96", "rl.eval_every=8", "eval.datasets=[synthetic:test]", "eval.n_samples=16"), fig_long),
+    # The paper's failure mode (8x OpenMathInstruct-1: the collapse goes to a less accurate format). The frequent
+    # format here is omi1 made less accurate by its data's systematic error (every multiplication written as an
+    # addition where the result stays exact and positive: 69% of them, synthetic.py "Errors"); TinyGSM and text
+    # keep correct data. Two shares of the frequent format: 2x (half the documents) and 8x (80%), each pretrained
+    # once and RL'd with 3 seeds; forced-format probes before and after RL give each format's accuracy.
+    Study("failure", "When the most frequent format in pretraining is the less accurate one, does RL amplify it "
+          "(and lose accuracy) or find the accurate format? (omi1 with a systematic *->+ error at 2x and 8x)",
+          "With 8x OpenMathInstruct-1 the model collapses onto the less accurate format and accuracy drops.",
+          "quickstart", ("data.mixture=tg_2xomi1_text,tg_8xomi1_text", "rl.seed=0,1,2"),
+          ("data.synthetic.systematic_error={omi1: '*->+'}", "eval.datasets=[synthetic:test]", "eval.probe=true",
+           "eval.between_greedy_only=true"), fig_failure),
+    # RL inside one format (the paper's sixth finding): a model pretrained on one code format alone, RL'd with 3
+    # seeds; the rollouts' within-format metrics (format_metrics.py) over RL steps say how its writing changes.
+    Study("refinement", "Pretrained on one code format alone, does RL refine how the model writes it (length, "
+          "docstrings, variables, code lines, invented outputs), and which way?",
+          "RL refines inside the chosen format (e.g. consistent docstrings in TinyGSM code).",
+          "quickstart", ("data.mixture=tg,omi1", "rl.seed=0,1,2"),
+          ("eval.datasets=[synthetic:test]", "eval.between_greedy_only=true"), fig_refinement),
     Study("mixture", "Does the winning format move when one format's share of pretraining grows (repeat factors)?",
           "The winner depends on the mixture; with 8x OMI1 the less accurate format wins and accuracy drops.",
-          "quickstart", ("data.mixture=tg_omi1_4xtext,4xtg_omi1_4xtext,tg_4xomi1_4xtext",), (), fig_mixture),
+          "quickstart", ("data.mixture=tg_omi1_4xtext,4xtg_omi1_4xtext,tg_4xomi1_4xtext", "seed=0,1,2"), (),
+          fig_mixture),
     Study("transfer", "Does RL on the train split improve splits it never saw: people and objects no train "
           "problem names (synthetic:renamed), larger amounts than any train question states (synthetic:larger), "
           "and one more step than any train problem has (synthetic:longer)?",
           "RL on GSM8K improves MATH-500 (1B: about 33% -> 44%) and a little AIME.",
-          "quickstart", (),
+          "quickstart", ("rl.seed=0,1,2",),
           ("eval.datasets=[synthetic:test,synthetic:renamed,synthetic:larger,synthetic:longer]",), fig_transfer),
     Study("interpreter", "Does the echo chamber change when a real interpreter writes <llm-code-output> during "
           "generation (OpenMathInstruct-1's own inference) instead of the model? (3 seeds, without vs with)",
@@ -301,15 +463,10 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
 
 
 # ------------------------------------------------------------------------------------------------- results
-def _mean_sd(vals: list[float]) -> dict | None:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    a = np.array(vals, dtype=float)
-    return {"mean": float(a.mean()), "sd": float(a.std()), "min": float(a.min()), "max": float(a.max()), "n": len(a)}
-
-
 COLLAPSED = 0.9  # a run has collapsed once one format holds this share of its greedy outputs
+
+# The numbers compared between groups of a study (study.json "differences"): each after RL, mean over seeds.
+COMPARED = ("pass@1", "pass@k", "outside_winner_sampled", "outside_winner")
 
 
 def collapse_timing(run: Run, dataset: str) -> dict:
@@ -326,38 +483,107 @@ def collapse_timing(run: Run, dataset: str) -> dict:
     return {"collapse_step": collapse, "largest_gain_step": max(gains)[1] if gains else None}
 
 
+def record_metrics(rec: dict, won: str | None) -> dict[str, float]:
+    """The numbers a study reads from one evaluation record of one dataset, flat, for one run whose final winner
+    is `won`:
+        pass@1, pass@k, maj@k, pass@J (eval's pass@k_curve)   as evaluate writes them
+        outside_winner            share of greedy outputs in any other format than the run's final winner
+                                  (unknown counts as outside); before RL, the share RL will have to move
+        outside_winner_sampled    the same over the sampled outputs (eval.n_samples), where the run drew them
+        share/LABEL               greedy format shares
+        forced/FORMAT             forced accuracy in each format (eval.probe)
+        within/...                the within-format metrics of the greedy outputs (format_metrics)
+        errors/LABEL/CATEGORY     share of that format's wrong greedy answers in each error category"""
+    out = {"pass@1": rec["pass@1"]}
+    out.update({k: rec[k] for k in ("pass@k", "maj@k") if rec.get(k) is not None})
+    out.update({f"pass@{j}": v for j, v in (rec.get("pass@k_curve") or {}).items()})
+    if won is not None:
+        out["outside_winner"] = 1.0 - rec["format_share"].get(won, 0.0)
+        if rec.get("sample_format_share"):
+            out["outside_winner_sampled"] = 1.0 - rec["sample_format_share"].get(won, 0.0)
+    out.update({f"share/{lab}": v for lab, v in rec["format_share"].items()})
+    out.update({f"forced/{fmt}": p["forced_accuracy"] for fmt, p in (rec.get("probe") or {}).items()})
+    out.update({k: v for k, v in (rec.get("within") or {}).items() if v is not None})
+    for lab, table in (rec.get("error_categories") or {}).items():
+        out.update({f"errors/{lab}/{cat}": v for cat, v in (table.get("share") or {}).items()})
+    return out
+
+
+def _summaries(per_run: list[dict[str, float]]) -> dict[str, dict]:
+    """{metric: intervals.summarize over the runs that have it}, metrics in first-seen order."""
+    keys = list(dict.fromkeys(k for m in per_run for k in m))
+    return {k: summarize(m.get(k) for m in per_run) for k in keys}
+
+
 def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict:
-    """One group's numbers on `dataset` at its first and last evaluation (mean and spread over its runs)."""
+    """One group's numbers on `dataset` at its first and last evaluation: every record_metrics number as a mean
+    over its runs (seeds) with a 95% bootstrap interval (intervals.summarize), in "before" and "after"; the
+    headline ones also under their own keys."""
+    runs = [r for r in runs if any(dataset in e.get("datasets", {}) for e in r.evals)]
     first, last = first_last(runs, dataset)
+    winners = [winner(d["format_share"]) for d in last]
+    before = _summaries([record_metrics(d, w) for d, w in zip(first, winners)])
+    after = _summaries([record_metrics(d, w) for d, w in zip(last, winners)])
     return {"group": name, "values": values, "runs": len(runs), "finished": sum(bool(r.summary) for r in runs),
-            "dataset": dataset,
-            "pass1_before": _mean_sd([d["pass@1"] for d in first]), "pass1_after": _mean_sd([d["pass@1"] for d in last]),
-            "passk_before": _mean_sd([d.get("pass@k") for d in first]),
-            "passk_after": _mean_sd([d.get("pass@k") for d in last]), "k": (last[0].get("k") if last else None),
+            "dataset": dataset, "seeds": [_run_seed(r) for r in runs],
+            "pass1_before": before.get("pass@1"), "pass1_after": after.get("pass@1"),
+            "passk_before": before.get("pass@k"), "passk_after": after.get("pass@k"),
+            "k": (last[0].get("k") if last else None),
             "format_share_before": mean_shares(first), "format_share_after": mean_shares(last),
-            "winner_per_run": [winner(d["format_share"]) for d in last],
-            "rl_minutes": _mean_sd([r.summary.get("wall_seconds", np.nan) / 60 for r in runs if r.summary]),
+            "winner_per_run": winners, "before": before, "after": after,
+            "rl_minutes": summarize([r.summary.get("wall_seconds", np.nan) / 60 for r in runs if r.summary]),
             "timing_per_run": [collapse_timing(r, dataset) for r in runs]}
 
 
-def _pct(m: dict | None) -> str:
-    if not m:
-        return "—"
-    return f"{m['mean']:.1%}" + (f" ± {m['sd']:.1%}" if m["n"] > 1 else "")
+def _run_seed(run: Run) -> int | None:
+    """The seed that drove the run's RL (rl.seed, else the top-level seed), from its recorded config."""
+    rl_seed = run.config.get("rl", {}).get("seed")
+    return rl_seed if rl_seed is not None else run.config.get("seed")
+
+
+def differences(results: list[dict]) -> list[dict]:
+    """Every pair of groups on one dataset, for each COMPARED number after RL both have: the two means, their
+    difference (second - first) and whether it is established (the 95% intervals do not overlap)."""
+    out = []
+    for metric in COMPARED:
+        for i, a in enumerate(results):
+            for b in results[i + 1:]:
+                sa, sb = a["after"].get(metric), b["after"].get(metric)
+                if a["dataset"] != b["dataset"] or not sa or not sb:
+                    continue
+                out.append({"dataset": a["dataset"], "metric": metric, "groups": [a["group"], b["group"]],
+                            "means": [sa["mean"], sb["mean"]], "difference": sb["mean"] - sa["mean"],
+                            "intervals": [[sa["lo"], sa["hi"]], [sb["lo"], sb["hi"]]],
+                            "established": separated(sa, sb)})
+    return out
 
 
 def result_lines(results: list[dict]) -> list[str]:
-    """One line per group and dataset: pass@1 before -> after, pass@k, leading format before -> winner after."""
+    """One line per group and dataset: pass@1 before -> after, pass@k (means with 95% intervals over seeds),
+    leading format before -> after, each run's winner and timing."""
     lines = []
     for g in results:
         top_before = max(g["format_share_before"].items(), key=lambda kv: kv[1], default=("—", 0))
         top_after = max(g["format_share_after"].items(), key=lambda kv: kv[1], default=("—", 0))
-        passk = (f", pass@{g['k']} {_pct(g['passk_before'])} -> {_pct(g['passk_after'])}" if g["passk_after"] else "")
+        passk = (f", pass@{g['k']} {percent(g['passk_before'])} -> {percent(g['passk_after'])}"
+                 if g["passk_after"] else "")
         timing = ", ".join(f"{t['collapse_step']}/{t['largest_gain_step']}" for t in g["timing_per_run"])
-        lines.append(f"{g['group']} [{g['dataset']}]: pass@1 {_pct(g['pass1_before'])} -> {_pct(g['pass1_after'])}"
+        lines.append(f"{g['group']} [{g['dataset']}, {g['runs']} seed{'s' * (g['runs'] != 1)}]: pass@1 "
+                     f"{percent(g['pass1_before'])} -> {percent(g['pass1_after'])}"
                      f"{passk}; top format {top_before[0]} {top_before[1]:.0%} -> {top_after[0]} {top_after[1]:.0%}"
-                     f" (winner per run: {', '.join(g['winner_per_run']) or '—'}; step of collapse / of the largest "
-                     f"pass@1 gain per run: {timing or '—'})")
+                     f" (winner per run: {', '.join(w or '—' for w in g['winner_per_run']) or '—'}; step of collapse "
+                     f"/ of the largest pass@1 gain per run: {timing or '—'})")
+    return lines
+
+
+def difference_lines(diffs: list[dict]) -> list[str]:
+    """The established differences, one line each; then how many were compared and not established."""
+    est = [d for d in diffs if d["established"]]
+    lines = [f"{d['metric']} [{d['dataset']}]: {d['groups'][1]} {d['means'][1]:.1%} vs {d['groups'][0]} "
+             f"{d['means'][0]:.1%} ({d['difference']:+.1%}; intervals separate)" for d in est]
+    if len(diffs) > len(est):
+        lines.append(f"{len(diffs) - len(est)} of {len(diffs)} compared differences are not established (their 95% "
+                     f"intervals overlap, or a group has one seed)")
     return lines
 
 
@@ -382,14 +608,19 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
     runs = [r for _, _, rs in groups for r in rs]
     datasets = _union(r.datasets for r in runs)
     results = [group_result(name, values, rs, ds) for ds in datasets for name, values, rs in groups if rs]
+    diffs = differences(results)
     summary = {"study": study.name, "question": study.question, "paper": study.paper, **meta,
-               "results": results, "result_lines": result_lines(results)}
+               "results": results, "result_lines": result_lines(results), "differences": diffs,
+               "difference_lines": difference_lines(diffs)}
     atomic_write_json(out / "study.json", summary)
     lead = _embed(study.figure(groups, datasets[0]) if datasets else None, out, f"study_{study.name}",
                   study.question)
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary["result_lines"])
+    diff_lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary["difference_lines"])
     head = (f"<p><b>Question.</b> {html.escape(study.question)}</p><p><b>The paper.</b> {html.escape(study.paper)}</p>"
-            f"{lead}<h2>Result</h2><ul>{lines}</ul>"
+            f"{lead}<h2>Result</h2><p>Means over seeds with their 95% bootstrap interval in brackets (points).</p>"
+            f"<ul>{lines}</ul><h3>Differences between groups (after RL)</h3><ul>{diff_lines or '<li>none compared</li>'}"
+            f"</ul>"
             f"<p>Measured wall time: {meta['wall_seconds'] / 60:.1f} min over {meta['invocations']} invocation(s), "
             f"commit {html.escape(str(meta['git_commit']))}.</p>")
     write_sweep_report(out, entries, group_over_seeds(entries), title=f"echochamber study: {study.name}", lead=head)
@@ -440,7 +671,7 @@ def finish_study(name: str, out: str | Path, config: str, grid: list[str], overr
             "invocations": previous.get("invocations", 0) + 1}
     summary = write_study_report(study, out, entries, meta)
     print(f"study {name}: {study.question}", flush=True)
-    for line in summary["result_lines"]:
+    for line in summary["result_lines"] + summary["difference_lines"]:
         print("  " + line, flush=True)
     print(f"  wall time {meta['wall_seconds'] / 60:.1f} min; report: {out / 'report.html'}", flush=True)
     return summary
