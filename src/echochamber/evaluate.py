@@ -31,9 +31,10 @@ from . import distributed as dist
 from . import formats, memory
 from . import probe as forced
 from .checks import check
+from .error_categories import categorise, has_computation, tabulate
 from .format_metrics import within_format
 from .formats import LABELS
-from .interpreter import generate_texts
+from .interpreter import finished, generate_texts
 from .model import OLMo
 from .runio import atomic_write_json, write_jsonl
 from .sampler import SampleConfig, sampling_model
@@ -145,13 +146,17 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
                                 prompts=questions if ecfg.grade_sees_prompt else None)
     # tokens: the response re-encoded (no EOS), the length format_metrics averages per format.
     lengths = [len(ids) for ids in tok.encode_batch(greedy)]
-    rows = [{"id": p.id, "question": p.question, "response": r, "label": g.label, "answer": g.answer,
-             "boxed": g.boxed, "gold": p.answer, "correct": g.correct, "tokens": n, "transcript": g.transcript}
+    # finished: the sampler stopped at EOS (not cut at max_new_tokens); error: error_categories' category
+    rows = [{"id": p.id, "question": p.question, "response": str(r), "label": g.label, "answer": g.answer,
+             "boxed": g.boxed, "gold": p.answer, "correct": g.correct, "tokens": n, "transcript": g.transcript,
+             "finished": finished(r), "error": categorise(p, r, g, finished(r))}
             for p, r, g, n in zip(mine, greedy, graded, lengths)]
     rows = [r for part in dist.all_gather_objects(rows, ctx) for r in part]
     share, acc = label_table([r["label"] for r in rows], [r["correct"] for r in rows])
     result = {"n": len(rows), "pass@1": sum(r["correct"] for r in rows) / max(1, len(rows)), "format_share": share,
               "format_acc": acc, "within": within_format(rows)}
+    if has_computation(problems):  # the synthetic world: why each wrong greedy answer is wrong, per format
+        result["error_categories"] = tabulate([r["error"] for r in rows], [r["label"] for r in rows])
     if out_dir and ctx.is_main:
         write_jsonl(out_dir / f"{name}_greedy.jsonl", rows)
 
@@ -161,8 +166,9 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
         sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool,
                                      prompts=[q for q in questions for _ in range(n)] if ecfg.grade_sees_prompt
                                      else None)
-        srows = [{"id": p.id, "sample": j, "response": s, "label": g.label, "answer": g.answer, "gold": p.answer,
-                  "correct": g.correct}
+        srows = [{"id": p.id, "sample": j, "response": str(s), "label": g.label, "answer": g.answer,
+                  "gold": p.answer, "correct": g.correct, "finished": finished(s),
+                  "error": categorise(p, s, g, finished(s))}
                  for i, (p, texts) in enumerate(zip(mine, samples)) for j, (s, g) in
                  enumerate(zip(texts, sgraded[i * n:(i + 1) * n]))]
         srows = [r for part in dist.all_gather_objects(srows, ctx) for r in part]
@@ -178,6 +184,8 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
                               for rs in per_problem) / len(rows)
         result["sample_format_share"], result["sample_format_acc"] = label_table([r["label"] for r in srows],
                                                                                  [r["correct"] for r in srows])
+        if has_computation(problems):
+            result["sample_error_categories"] = tabulate([r["error"] for r in srows], [r["label"] for r in srows])
         if out_dir and ctx.is_main:
             write_jsonl(out_dir / f"{name}_samples.jsonl", srows)
     return result

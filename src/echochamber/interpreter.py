@@ -196,12 +196,33 @@ def sample(model: OLMo, tok: Tokenizer, prompts: list[list[int]], cfg: SampleCon
     return generate_with_interpreter(model, tok, prompts, cfg, seed=seed, pool=pool)
 
 
+class Response(str):
+    """A generated text that knows whether the sampler finished it (stopped at EOS) or cut it at max_new_tokens
+    or the context length (sampler.Generation.finished)."""
+
+    finished: bool
+
+    def __new__(cls, text: str, finished: bool) -> "Response":
+        out = super().__new__(cls, text)
+        out.finished = finished
+        return out
+
+    def __reduce__(self):  # pickles (all_gather_objects) with its flag
+        return Response, (str(self), self.finished)
+
+
+def finished(text: str) -> bool:
+    """Did the sampler finish this text? A Response says; a plain str (a text given, not generated) is whole."""
+    return getattr(text, "finished", True)
+
+
 def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: SampleConfig, seed: int,
                    batch_prompts: int, desc: str, progress: bool = True, add_bos: bool = False,
-                   interpreter: bool = False, pool=None, banned_starts=()) -> list[list[str]]:
+                   interpreter: bool = False, pool=None, banned_starts=()) -> list[list[Response]]:
     """Generate n responses per question (any prompt text) in chunks of batch_prompts; returns
-    texts[question][sample], without the EOS. Chunk c is seeded with seed + c; `sample` does each chunk.
-    The one text-level generation loop of evaluation, `sample` and the probe."""
+    texts[question][sample], without the EOS, each a Response (a str with .finished). Chunk c is seeded with
+    seed + c; `sample` does each chunk. The one text-level generation loop of evaluation, `sample` and the
+    probe."""
     from tqdm import tqdm
 
     out: list[list[str]] = []
@@ -210,6 +231,7 @@ def generate_texts(model: OLMo, tok: Tokenizer, questions: list[str], scfg: Samp
         prompts = tok.encode_batch(questions[start:start + batch_prompts], add_bos=add_bos)
         gens = sample(model, tok, prompts, scfg, seed=seed + ci, interpreter=interpreter, pool=pool,
                       banned_starts=banned_starts)
-        texts = tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens])
+        texts = [Response(t, g.finished)
+                 for t, g in zip(tok.decode_batch([g.tokens[:-1] if g.finished else g.tokens for g in gens]), gens)]
         out.extend(texts[i * scfg.n:(i + 1) * scfg.n] for i in range(len(prompts)))
     return out
