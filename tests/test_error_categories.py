@@ -168,3 +168,19 @@ def test_datasets_without_computation_have_no_table(tmp_path, monkeypatch, pool)
                                  pool=pool, progress=False)
     assert "error_categories" not in result
     assert json.loads((tmp_path / "g_greedy.jsonl").read_text())["error"] is None
+
+
+def test_report_tables_the_first_and_last_evaluation(tmp_path):
+    from echochamber.report import write_report
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    for step, cats in ((0, ["copy_error", "copy_error", "truncated"]), (5, ["boxed_wrong"]), (9, ["arithmetic_slip"])):
+        labels = ["text"] * len(cats)
+        record = {"step": step, "datasets": {"synthetic_test": {"n": 4, "pass@1": 0.5,
+                                                                "error_categories": tabulate(cats, labels)}}}
+        (run / "eval" / f"step_{step:06d}.json").write_text(json.dumps(record))
+    page = write_report([run], tmp_path / "out").read_text()
+    section = page[page.index("<h2>Error categories</h2>"):page.index("<h2>Sample generations</h2>")]
+    assert "<td>0</td><td>text</td><td>3</td>" in section and "67% (2)" in section  # step 0: 2 of 3 copied wrong
+    assert "<td>9</td><td>text</td><td>1</td>" in section and "<td>5</td>" not in section  # last, not middle

@@ -32,6 +32,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from .error_report import error_tables
 from .format_metrics import within_format, within_keys
 from .runio import atomic_write_bytes, atomic_write_text, read_jsonl
 
@@ -665,6 +666,7 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title
 <h1>{title}</h1><div class=cards>{cards}</div>
 <h2>Summary</h2>{table}
 <h2>Figures</h2>{figures}
+<h2>Error categories</h2>{errors}
 <h2>Sample generations</h2>{browser}
 </body></html>
 """
@@ -703,7 +705,8 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> Path:
                 if (fig := draw(runs)) is not None]
     title = "echochamber report: " + ", ".join(r.name for r in runs)
     page = PAGE.format(title=html.escape(title), style=STYLE, cards="".join(_run_card(r) for r in runs),
-                       table=_table(runs), figures="".join(figures), browser=_browser(runs))
+                       table=_table(runs), figures="".join(figures), browser=_browser(runs),
+                       errors=error_tables([(r.name, r.evals) for r in runs]))
     return atomic_write_text(out_dir / "report.html", page)
 
 
