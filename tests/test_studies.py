@@ -194,3 +194,54 @@ def test_group_result_reads_pass_at_k_and_ignores_unknown_as_winner(tmp_path):
     assert g["passk_before"]["mean"] == pytest.approx(0.2) and g["passk_after"]["mean"] == pytest.approx(0.5)
     assert group_over_seeds([entry])[0][0] == "all cells"
     assert np.isclose(g["rl_minutes"]["mean"], 1.0)
+
+
+def test_long_figure_draws_pass_at_each_k_over_steps_with_the_mean_over_seeds(tmp_path):
+    out = tmp_path / "long"
+    entries = [fake_cell(out, f"rl.seed={seed}", {"rl.seed": seed}, {"rl": {"algo": "grpo"}},
+                         {step: ds(0.3 + 0.1 * step / 8, {"omi1": 1.0},
+                                   **{"pass@k_curve": {"1": 0.3, "2": 0.5, "4": 0.7 - 0.1 * seed * step / 8}})
+                          for step in (0, 8, 16)}) for seed in (0, 1)]
+    fig = STUDIES["long"].figure(_groups(out, entries), "synthetic_test")
+    absolute, change = fig.axes[:2]
+    pass4 = absolute.lines[2]  # pass@1, pass@2, pass@4 in order
+    assert pass4.get_xdata().tolist() == [0, 8, 16]
+    assert pass4.get_ydata() == pytest.approx([0.7, 0.65, 0.6])  # seed 1 falls by 0.1 per 8 steps, seed 0 holds
+    assert change.lines[2].get_ydata() == pytest.approx([0.0, -0.05, -0.1])
+
+
+def test_failure_figure_and_study_json_carry_forced_accuracy_before_and_after(tmp_path):
+    out = tmp_path / "failure"
+    probe = lambda tg, omi1: {"probe": {"tinygsm": {"forced_accuracy": tg}, "omi1": {"forced_accuracy": omi1}}}
+    entries = [fake_cell(out, f"data.mixture={mix},rl.seed={seed}", {"data.mixture": mix, "rl.seed": seed},
+                         {"rl": {"algo": "grpo"}},
+                         {0: ds(0.3, {"omi1": 0.6, "tinygsm": 0.4}, **probe(0.5 + seed / 10, 0.3)),
+                          4: ds(0.35, {"omi1": 1.0}, **probe(0.4, 0.3 + seed / 10))})
+               for mix in ("tg_2xomi1_text", "tg_8xomi1_text") for seed in (0, 1, 2)]
+    meta = {"config": "quickstart", "grid": [], "overrides": [], "git_commit": "abc", "wall_seconds": 60.0,
+            "invocations": 1}
+    summary = write_study_report(STUDIES["failure"], out, entries, meta)
+    first = summary["results"][0]
+    assert first["before"]["forced/tinygsm"]["mean"] == pytest.approx(0.6) and first["before"]["forced/tinygsm"]["n"] == 3
+    assert first["after"]["forced/omi1"]["mean"] == pytest.approx(0.4)
+    assert first["after"]["outside_winner"]["mean"] == 0.0 and first["before"]["outside_winner"]["mean"] == pytest.approx(0.4)
+    fig = STUDIES["failure"].figure(_groups(out, entries), "synthetic_test")
+    forced_ax = fig.axes[1]
+    assert [t.get_text() for t in forced_ax.get_xticklabels()] == ["tg_2xomi1_text", "tg_8xomi1_text"]
+
+
+def test_refinement_figure_follows_each_formats_rollout_metrics_over_steps(tmp_path):
+    out = tmp_path / "refinement"
+    entries = []
+    for mix, key in (("tg", "within/tinygsm/n_variables"), ("omi1", "within/omi1/code_lines")):
+        for seed in (0, 1):
+            name = f"data.mixture={mix},rl.seed={seed}"
+            entries.append(fake_cell(out, name, {"data.mixture": mix, "rl.seed": seed}, {"rl": {"algo": "grpo"}},
+                                     {0: ds(0.3, {"omi1": 1.0}), 2: ds(0.5, {"omi1": 1.0})}))
+            rows = [{"step": s, key: 4.0 + s + seed, "within/text/length": None} for s in (1, 2)]
+            (out / "cells" / name / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = STUDIES["refinement"].figure(_groups(out, entries), "synthetic_test")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["data.mixture=tg · tinygsm/n_variables", "data.mixture=tg · greedy pass@1 (synthetic_test)",
+                      "data.mixture=omi1 · omi1/code_lines", "data.mixture=omi1 · greedy pass@1 (synthetic_test)"]
+    assert fig.axes[0].lines[0].get_ydata() == pytest.approx([5.5, 6.5])  # mean of the two seeds per step
