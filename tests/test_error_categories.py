@@ -184,3 +184,25 @@ def test_report_tables_the_first_and_last_evaluation(tmp_path):
     section = page[page.index("<h2>Error categories</h2>"):page.index("<h2>Sample generations</h2>")]
     assert "<td>0</td><td>text</td><td>3</td>" in section and "67% (2)" in section  # step 0: 2 of 3 copied wrong
     assert "<td>9</td><td>text</td><td>1</td>" in section and "<td>5</td>" not in section  # last, not middle
+
+
+@pytest.mark.parametrize("text, category", [
+    # unpaired parenthesis, a \frac result, a $ amount: still read as equations
+    ("He shares (22 - 2 = 20 candies.\nEach gets 20 / 2 = \\frac{20}{2}.\n10 + 28 = \\$38.\n\\boxed{37}", "boxed_wrong"),
+    # a division by zero has no value: a slip, and what follows from it has no corrected value
+    ("2 - 2 = 0.\n22 / 0 = 7.\n7 + 28 = 35.\n\\boxed{35}", "wrong_operation"),
+    ("Each friend gets 38 candies.\n\\boxed{38.5}", "wrong_operation"),  # no equation: no computation written
+])
+def test_text_edge_cases(text, category):
+    """Text needs no sandbox: the grader's verdict is built by hand (label text, the box as answer)."""
+    boxed = formats.final_boxed(text).answer
+    g = formats.Graded("text", boxed, boxed, False)
+    assert categorise(PROBLEM.to_problem(), text, g, True) == category
+
+
+def test_huge_powers_are_not_evaluated():
+    import ast
+    for huge in ("9 ** 64 ** 64", "(2 ** 64) ** 64"):  # an exponent over 64; a value over MAX_BITS bits
+        with pytest.raises(ValueError):
+            arithmetic(ast.parse(huge, mode="eval").body, {})
+    assert arithmetic(ast.parse("(2 ** 63) ** 64", mode="eval").body, {}) == 2 ** 4032

@@ -52,8 +52,12 @@ counted under its computation (copy_error / wrong_operation), which is what made
 The code's last arithmetic assignment: the assignments `name = expression` of the program's top-level
 statements (the function body; every block in order), evaluated over exact fractions by a tiny evaluator of
 numbers, names and + - * / // % ** (never Python's eval: this runs no model code); the value of the last one
-whose expression has an operator. A program with any other statement that assigns (a loop, a call) has no
+whose expression has an operator. A program with an assignment that is not plain arithmetic (a call) or
+another kind of statement (a loop, a branch, `x += 1`; expressions, return, import and pass are fine) has no
 such value, and then only Graded.computed counts.
+
+Text equations are format_metrics.equations' (the rule n_equations counts); their operands are numbers,
+\\frac{n}{m}, $ amounts and percentages (as fractions of 1); parentheses that do not pair are dropped.
 
 Ambiguity in text: an operand equal to an earlier written result is taken as that result (the latest), not as
 a stated number of the same value.
@@ -69,13 +73,14 @@ import re
 from fractions import Fraction
 from typing import Iterable
 
-from .format_metrics import _NUMBER, equations
-from .formats import LABELS, Graded, code_blocks, numbers_equal, plain_number, python_function
+from .format_metrics import _NUMBER, equations, tinygsm_function
+from .formats import LABELS, Graded, code_blocks, numbers_equal, plain_number
 from .tasks import Problem
 
 CATEGORIES = ("truncated", "code_crashed", "no_answer", "copy_error", "wrong_operation", "arithmetic_slip",
               "invented_output", "boxed_wrong", "other")  # in precedence order
 CODE_LABELS = ("tinygsm", "omi1")
+MAX_BITS = 4096  # `arithmetic` gives up on a value larger than this (numerator or denominator)
 
 
 def categorise(problem: Problem, response: str, graded: Graded, finished: bool) -> str | None:
@@ -138,15 +143,12 @@ def has_computation(problems: Iterable[Problem]) -> bool:
 # -- code ----------------------------------------------------------------------------------------------------
 
 def _program(response: str, label: str) -> list[ast.stmt]:
-    """The top-level statements the code format runs: the entry function's body (formats.python_function), or
-    every <llm-code> block's, in order (formats.code_blocks; a block that does not parse adds nothing)."""
+    """The top-level statements the code format runs: the entry function's body (format_metrics.tinygsm_function,
+    formats.python_function's reading), or every <llm-code> block's, in order (formats.code_blocks; a block that
+    does not parse adds nothing). Read only: the function's tree is cached."""
     if label == "tinygsm":
-        found = python_function(response)
-        if found is None:
-            return []
-        program, entry = found
-        fn = next(n for n in ast.parse(program).body if isinstance(n, ast.FunctionDef) and n.name == entry)
-        return fn.body
+        fn = tinygsm_function(response)
+        return [] if fn is None else fn.body
     statements: list[ast.stmt] = []
     for block in code_blocks(response):
         try:
@@ -195,9 +197,12 @@ def arithmetic(node: ast.AST, names: dict[str, Fraction]) -> Fraction:
         return -x if isinstance(node.op, ast.USub) else x
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         try:
-            return _BINOPS[type(node.op)](arithmetic(node.left, names), arithmetic(node.right, names))
+            value = _BINOPS[type(node.op)](arithmetic(node.left, names), arithmetic(node.right, names))
         except ZeroDivisionError:
             _fail()
+        if max(abs(value.numerator), value.denominator).bit_length() > MAX_BITS:
+            _fail()  # 9 ** 9 ** 9 ...: no answer of this world is that large, and its digits would take minutes
+        return value
     _fail()
 
 
@@ -235,16 +240,45 @@ def _number(text: str) -> Fraction:
     return value / 100 if text.endswith("%") else value
 
 
+def _operand(m: re.Match) -> Fraction:
+    """The value of one _OPERAND match: \\frac{n}{m} or a number."""
+    if m.group(1):
+        numerator, denominator = _number(m.group(1)), _number(m.group(2))
+        return numerator / denominator if denominator else Fraction(0)  # \frac{1}{0}: written nonsense, 0
+    return _number(m.group(3))
+
+
+def _result(text: str) -> Fraction:
+    """An equation's written result ("19", "-4", "\\frac{1}{2}") as an exact value."""
+    value = _operand(_OPERAND.search(text))
+    return -value if text.startswith("-") else value
+
+
 def _side(text: str) -> tuple[ast.expr, list[Fraction]]:
-    """An equation's left side as a parsed expression over names n0, n1, ... and those operands' values."""
+    """An equation's left side as a parsed expression over names n0, n1, ... and those operands' values.
+    Parentheses that do not pair ("(5 + 3 = 8": the equation rule takes each operand's own) are dropped."""
     values: list[Fraction] = []
 
     def name(m: re.Match) -> str:
-        values.append(_number(m.group(1)) / _number(m.group(2)) if m.group(1) else _number(m.group(3)))
+        values.append(_operand(m))
         return f" n{len(values) - 1} "
 
-    expr = _DIVIDED.sub("/", _TIMES.sub("*", _OPERAND.sub(name, text)))
-    return ast.parse(expr.strip(), mode="eval").body, values
+    expr = _DIVIDED.sub("/", _TIMES.sub("*", _OPERAND.sub(name, text))).strip()
+    try:
+        return ast.parse(expr, mode="eval").body, values
+    except SyntaxError:
+        return ast.parse(expr.replace("(", " ").replace(")", " ").strip(), mode="eval").body, values
+
+
+def _value(expr: ast.expr, names: dict[str, Fraction | None]) -> Fraction | None:
+    """`arithmetic` of an equation's side; None when it has no value (a division by zero, an operand whose
+    corrected value is None)."""
+    if any(v is None for v in names.values()):
+        return None
+    try:
+        return arithmetic(expr, names)
+    except ValueError:
+        return None
 
 
 def _text_category(response: str, stated: set[Fraction], gold: Fraction | None) -> str:
@@ -253,7 +287,7 @@ def _text_category(response: str, stated: set[Fraction], gold: Fraction | None) 
     slipped = False
     for left, right in equations(response):
         expr, operands = _side(left)
-        written = _number(right)
+        written = _result(right)
         redone = {}
         for i, v in enumerate(operands):
             earlier = [j for j, r in enumerate(results) if r == v]
@@ -263,11 +297,7 @@ def _text_category(response: str, stated: set[Fraction], gold: Fraction | None) 
                 redone[f"n{i}"] = v
             else:
                 return "copy_error"
-        try:
-            true = arithmetic(expr, {f"n{i}": v for i, v in enumerate(operands)})
-            fixed = arithmetic(expr, redone)
-        except ValueError:  # a division by zero: the written result cannot be right
-            true, fixed = None, None
+        true, fixed = _value(expr, {f"n{i}": v for i, v in enumerate(operands)}), _value(expr, redone)
         slipped |= true != written
         results.append(written)
         corrected.append(fixed)
