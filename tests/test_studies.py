@@ -225,6 +225,12 @@ def test_failure_figure_and_study_json_carry_forced_accuracy_before_and_after(tm
     assert first["before"]["forced/tinygsm"]["mean"] == pytest.approx(0.6) and first["before"]["forced/tinygsm"]["n"] == 3
     assert first["after"]["forced/omi1"]["mean"] == pytest.approx(0.4)
     assert first["after"]["outside_winner"]["mean"] == 0.0 and first["before"]["outside_winner"]["mean"] == pytest.approx(0.4)
+    # results.md: the study's table, each number before -> after with its interval; formats no run probed are left out
+    table = (out / "results.md").read_text().splitlines()
+    assert table[2].startswith("| group | dataset | seeds | pass@1 | forced/tinygsm | forced/omi1 | share/omi1 |")
+    row = table[4].split(" | ")
+    assert row[0] == "| data.mixture=tg_2xomi1_text" and row[2] == "3"
+    assert row[4] == "60.0% [50.0, 70.0] -> 40.0% [40.0, 40.0]"  # after RL every seed is at 40%: no spread
     fig = STUDIES["failure"].figure(_groups(out, entries), "synthetic_test")
     forced_ax = fig.axes[1]
     assert [t.get_text() for t in forced_ax.get_xticklabels()] == ["tg_2xomi1_text", "tg_8xomi1_text"]

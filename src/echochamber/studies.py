@@ -48,7 +48,7 @@ from matplotlib.patches import Patch
 from .report import (Run, _color, _embed, _eval_series, _grid, _legend, _ordered, _step_axis,
                      _union, fig_sweep_format_shares, load_run, seed_band, write_sweep_report)
 from .intervals import percent, separated, summarize
-from .runio import atomic_write_json, git_commit
+from .runio import atomic_write_json, atomic_write_text, git_commit
 from .sweep import dry_run as sweep_dry_run, group_over_seeds, is_seed_key, run_sweep
 
 Group = tuple[str, dict, list[Run]]  # (name, the group's non-seed grid values, its runs)
@@ -379,6 +379,8 @@ class Study:
     grid: tuple[str, ...]  # --grid specs
     overrides: tuple[str, ...]  # KEY=VALUE for every cell
     figure: Callable[[list[Group], str], Figure | None]
+    # the numbers of its results table (record_metrics names), each before -> after RL with intervals
+    table: tuple[str, ...] = ("pass@1", "pass@k", "outside_winner")
 
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
@@ -402,7 +404,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           ("rl.algo=ppo", "rl.kl_in=reward", "rl.kl_estimator=k1",
            "rl.steps=48",  # KL_PILOT's rule sets this; 48 is the rule's smallest outcome until the pilot has run
            "rl.eval_every=8", "eval.datasets=[synthetic:test]", "eval.n_samples=8", "eval.between_greedy_only=true"),
-          fig_kl),
+          fig_kl, ("outside_winner_sampled", "pass@k", "pass@1")),
     # The pilot that sets the kl study's length, with its rule fixed before it runs: PPO at kl_coef 0.01 (the
     # paper's value) for 96 steps, seed 0. The kl study then runs N steps, N the first of 48, 72, 96 at which the
     # pilot's KL to the pretrained model (metrics.jsonl kl_k1, mean of the 8 steps ending at N) has reached 80% of
@@ -411,12 +413,14 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           "The paper's PPO ran about 1160 rollouts; its KL findings are about long runs.",
           "quickstart", (),
           ("rl.algo=ppo", "rl.kl_in=reward", "rl.kl_estimator=k1", "rl.kl_coef=0.01", "rl.steps=96", "rl.eval_every=8",
-           "eval.datasets=[synthetic:test]", "eval.n_samples=8", "eval.between_greedy_only=true"), fig_kl),
+           "eval.datasets=[synthetic:test]", "eval.n_samples=8", "eval.between_greedy_only=true"), fig_kl,
+          ("outside_winner_sampled", "pass@k", "pass@1")),
     Study("long", "Late in a long GRPO run (4x the quickstart's steps), does pass@k at large k fall while pass@1 "
           "rises, and when? (pass@1 to pass@16 at every evaluation, 3 RL seeds on one pretrained model)",
           "pass@1 and maj@k rise while pass@64 declines late in training.",
           "quickstart", ("rl.seed=0,1,2",),
-          ("rl.steps=96", "rl.eval_every=8", "eval.datasets=[synthetic:test]", "eval.n_samples=16"), fig_long),
+          ("rl.steps=96", "rl.eval_every=8", "eval.datasets=[synthetic:test]", "eval.n_samples=16"), fig_long,
+          ("pass@1", "pass@2", "pass@4", "pass@8", "pass@16", "maj@k")),
     # The paper's failure mode (8x OpenMathInstruct-1: the collapse goes to a less accurate format). The frequent
     # format here is omi1 made less accurate by its data's systematic error (every multiplication written as an
     # addition where the result stays exact and positive: 69% of them, synthetic.py "Errors"); TinyGSM and text
@@ -427,14 +431,17 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           "With 8x OpenMathInstruct-1 the model collapses onto the less accurate format and accuracy drops.",
           "quickstart", ("data.mixture=tg_2xomi1_text,tg_8xomi1_text", "rl.seed=0,1,2"),
           ("data.synthetic.systematic_error={omi1: '*->+'}", "eval.datasets=[synthetic:test]", "eval.probe=true",
-           "eval.between_greedy_only=true"), fig_failure),
+           "eval.between_greedy_only=true"), fig_failure,
+          ("pass@1", "forced/tinygsm", "forced/omi1", "forced/text", "share/omi1", "outside_winner")),
     # RL inside one format (the paper's sixth finding): a model pretrained on one code format alone, RL'd with 3
     # seeds; the rollouts' within-format metrics (format_metrics.py) over RL steps say how its writing changes.
     Study("refinement", "Pretrained on one code format alone, does RL refine how the model writes it (length, "
           "docstrings, variables, code lines, invented outputs), and which way?",
           "RL refines inside the chosen format (e.g. consistent docstrings in TinyGSM code).",
           "quickstart", ("data.mixture=tg,omi1", "rl.seed=0,1,2"),
-          ("eval.datasets=[synthetic:test]", "eval.between_greedy_only=true"), fig_refinement),
+          ("eval.datasets=[synthetic:test]", "eval.between_greedy_only=true"), fig_refinement,
+          ("pass@1", "within/tinygsm/length", "within/tinygsm/docstring", "within/tinygsm/question_copied",
+           "within/tinygsm/n_variables", "within/omi1/length", "within/omi1/code_lines", "within/omi1/invented_output")),
     Study("mixture", "Does the winning format move when one format's share of pretraining grows (repeat factors)?",
           "The winner depends on the mixture; with 8x OMI1 the less accurate format wins and accuracy drops.",
           "quickstart", ("data.mixture=tg_omi1_4xtext,4xtg_omi1_4xtext,tg_4xomi1_4xtext", "seed=0,1,2"), (),
@@ -602,6 +609,47 @@ def _groups(out: Path, entries: list[dict]) -> list[Group]:
     return groups
 
 
+def _cell(s: dict | None) -> str:
+    """A number with its interval: shares as percent, other numbers (lengths, counts) as they are."""
+    if not s:
+        return "—"
+    if all(0.0 <= s[k] <= 1.0 for k in ("min", "max")):
+        return percent(s)
+    return f"{s['mean']:.2f}" + (f" [{s['lo']:.2f}, {s['hi']:.2f}]" if s["n"] > 1 else "")
+
+
+def results_table(results: list[dict], metrics: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per group and dataset, its seeds and each metric before -> after RL, mean [95% interval];
+    metrics no group has are left out."""
+    metrics = [m for m in metrics if any(g["before"].get(m) or g["after"].get(m) for g in results)]
+    header = ["group", "dataset", "seeds", *metrics, "winner per seed"]
+    rows = [[g["group"], g["dataset"], str(g["runs"]),
+             *(f"{_cell(g['before'].get(m))} -> {_cell(g['after'].get(m))}" for m in metrics),
+             ", ".join(w or "—" for w in g["winner_per_run"])] for g in results]
+    return header, rows
+
+
+def error_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per group, before and after RL, the share of its wrong greedy answers in each error
+    category (error_categories.py; all formats together), mean over seeds [95% interval]."""
+    from .error_categories import CATEGORIES
+
+    cats = [c for c in CATEGORIES if any(g[w].get(f"errors/all/{c}") for g in results for w in ("before", "after"))]
+    rows = [[g["group"], g["dataset"], when, *(_cell(g[when].get(f"errors/all/{c}")) for c in cats)]
+            for g in results for when in ("before", "after") if any(k.startswith("errors/") for k in g[when])]
+    return ["group", "dataset", "", *cats], rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows]) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    cells = lambda r, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in r)
+    return (f"<table><tr>{cells(header, 'th')}</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+            + "</table>")
+
+
 def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict) -> dict:
     """study.json and report.html (the study's figure first) from the sweep's entries; returns study.json."""
     groups = _groups(out, entries)
@@ -613,13 +661,20 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
                "results": results, "result_lines": result_lines(results), "differences": diffs,
                "difference_lines": difference_lines(diffs)}
     atomic_write_json(out / "study.json", summary)
+    tables = [("Results: before -> after RL, mean over seeds [95% bootstrap interval]", results_table(results, study.table)),
+              ("Error categories of the wrong greedy answers (share of them), mean over seeds [95% interval]",
+               error_table(results))]
+    atomic_write_text(out / "results.md", "".join(f"### {title}\n\n{markdown(*t)}\n" for title, t in tables
+                                                  if t[1]))
     lead = _embed(study.figure(groups, datasets[0]) if datasets else None, out, f"study_{study.name}",
                   study.question)
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary["result_lines"])
     diff_lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary["difference_lines"])
     head = (f"<p><b>Question.</b> {html.escape(study.question)}</p><p><b>The paper.</b> {html.escape(study.paper)}</p>"
             f"{lead}<h2>Result</h2><p>Means over seeds with their 95% bootstrap interval in brackets (points).</p>"
-            f"<ul>{lines}</ul><h3>Differences between groups (after RL)</h3><ul>{diff_lines or '<li>none compared</li>'}"
+            f"<ul>{lines}</ul>" + "".join(f"<h3>{html.escape(title)}</h3>{_html_table(*t)}" for title, t in tables
+                                          if t[1]) + "<h3>Differences between groups (after RL)</h3>"
+            f"<ul>{diff_lines or '<li>none compared</li>'}"
             f"</ul>"
             f"<p>Measured wall time: {meta['wall_seconds'] / 60:.1f} min over {meta['invocations']} invocation(s), "
             f"commit {html.escape(str(meta['git_commit']))}.</p>")
