@@ -202,6 +202,11 @@ def test_long_figure_draws_pass_at_each_k_over_steps_with_the_mean_over_seeds(tm
                          {step: ds(0.3 + 0.1 * step / 8, {"omi1": 1.0},
                                    **{"pass@k_curve": {"1": 0.3, "2": 0.5, "4": 0.7 - 0.1 * seed * step / 8}})
                           for step in (0, 8, 16)}) for seed in (0, 1)]
+    ((name, values, runs),) = _groups(out, entries)
+    g = group_result(name, values, runs, "synthetic_test")
+    # greedy pass@1 stays greedy: the curve's pass@1 (the mean sample's accuracy) is another number
+    assert g["pass1_after"]["mean"] == pytest.approx(0.5) and g["after"]["sampled_pass@1"]["mean"] == pytest.approx(0.3)
+    assert g["after"]["sampled_pass@4"]["mean"] == pytest.approx(0.6)
     fig = STUDIES["long"].figure(_groups(out, entries), "synthetic_test")
     absolute, change = fig.axes[:2]
     pass4 = absolute.lines[2]  # pass@1, pass@2, pass@4 in order

@@ -420,7 +420,8 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           "pass@1 and maj@k rise while pass@64 declines late in training.",
           "quickstart", ("rl.seed=0,1,2",),
           ("rl.steps=96", "rl.eval_every=8", "eval.datasets=[synthetic:test]", "eval.n_samples=16"), fig_long,
-          ("pass@1", "pass@2", "pass@4", "pass@8", "pass@16", "maj@k")),
+          ("pass@1", "sampled_pass@1", "sampled_pass@2", "sampled_pass@4", "sampled_pass@8", "sampled_pass@16",
+           "maj@k")),
     # The paper's failure mode (8x OpenMathInstruct-1: the collapse goes to a less accurate format). The frequent
     # format here is omi1 made less accurate by its data's systematic error (every multiplication written as an
     # addition where the result stays exact and positive: 69% of them, synthetic.py "Errors"); TinyGSM and text
@@ -493,7 +494,9 @@ def collapse_timing(run: Run, dataset: str) -> dict:
 def record_metrics(rec: dict, won: str | None) -> dict[str, float]:
     """The numbers a study reads from one evaluation record of one dataset, flat, for one run whose final winner
     is `won`:
-        pass@1, pass@k, maj@k, pass@J (eval's pass@k_curve)   as evaluate writes them
+        pass@1 (greedy), pass@k, maj@k        as evaluate writes them
+        sampled_pass@J            eval's pass@k_curve: pass@J of the samples (J = 1 is the mean sample's accuracy,
+                                  not greedy pass@1)
         outside_winner            share of greedy outputs in any other format than the run's final winner
                                   (unknown counts as outside); before RL, the share RL will have to move
         outside_winner_sampled    the same over the sampled outputs (eval.n_samples), where the run drew them
@@ -503,7 +506,7 @@ def record_metrics(rec: dict, won: str | None) -> dict[str, float]:
         errors/LABEL/CATEGORY     share of that format's wrong greedy answers in each error category"""
     out = {"pass@1": rec["pass@1"]}
     out.update({k: rec[k] for k in ("pass@k", "maj@k") if rec.get(k) is not None})
-    out.update({f"pass@{j}": v for j, v in (rec.get("pass@k_curve") or {}).items()})
+    out.update({f"sampled_pass@{j}": v for j, v in (rec.get("pass@k_curve") or {}).items()})
     if won is not None:
         out["outside_winner"] = 1.0 - rec["format_share"].get(won, 0.0)
         if rec.get("sample_format_share"):
