@@ -220,7 +220,9 @@ def test_failure_figure_and_study_json_carry_forced_accuracy_before_and_after(tm
     probe = lambda tg, omi1: {"probe": {"tinygsm": {"forced_accuracy": tg}, "omi1": {"forced_accuracy": omi1}}}
     entries = [fake_cell(out, f"data.mixture={mix},rl.seed={seed}", {"data.mixture": mix, "rl.seed": seed},
                          {"rl": {"algo": "grpo"}},
-                         {0: ds(0.3, {"omi1": 0.6, "tinygsm": 0.4}, **probe(0.5 + seed / 10, 0.3)),
+                         {0: ds(0.3, {"omi1": 0.6, "tinygsm": 0.4}, **probe(0.5 + seed / 10, 0.3), n=10,
+                                error_categories={"all": {"wrong": 7, "counts": {"code_crashed": 2, "wrong_operation": 5},
+                                                          "share": {"code_crashed": 2 / 7, "wrong_operation": 5 / 7}}}),
                           4: ds(0.35, {"omi1": 1.0}, **probe(0.4, 0.3 + seed / 10))})
                for mix in ("tg_2xomi1_text", "tg_8xomi1_text") for seed in (0, 1, 2)]
     meta = {"config": "quickstart", "grid": [], "overrides": [], "git_commit": "abc", "wall_seconds": 60.0,
@@ -236,6 +238,9 @@ def test_failure_figure_and_study_json_carry_forced_accuracy_before_and_after(tm
     row = table[4].split(" | ")
     assert row[0] == "| data.mixture=tg_2xomi1_text" and row[2] == "3"
     assert row[4] == "60.0% [50.0, 70.0] -> 40.0% [40.0, 40.0]"  # after RL every seed is at 40%: no spread
+    # the error table: each category's share of ALL answers (5 of 10 answers a wrong operation), adding up to 1 - pass@1
+    errors = table[table.index("| group | dataset |  | code_crashed | wrong_operation |"):]
+    assert errors[2] == "| data.mixture=tg_2xomi1_text | synthetic_test | before | 20.0% [20.0, 20.0] | 50.0% [50.0, 50.0] |"
     fig = STUDIES["failure"].figure(_groups(out, entries), "synthetic_test")
     forced_ax = fig.axes[1]
     assert [t.get_text() for t in forced_ax.get_xticklabels()] == ["tg_2xomi1_text", "tg_8xomi1_text"]

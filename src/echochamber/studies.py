@@ -243,7 +243,7 @@ def fig_failure(groups: list[Group], dataset: str) -> Figure | None:
                 _dots_and_interval(ax, x, vals, _color(fmt), alpha=0.45 if when == "before" else 1.0)
     ax.set_xticks(range(len(groups)), xlabels)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("forced accuracy per format (left of each pair: before RL; right: after)", fontsize=10)
+    ax.set_title("forced accuracy per format (faint, left: before RL)", fontsize=10)
     ax.grid(alpha=0.3)
     _legend(fig, [Patch(color=_color(lab), label=lab) for lab in _ordered(seen | set(fmts))]
             + [Line2D([], [], color="black", marker="D", lw=0, label="greedy pass@1")])
@@ -503,7 +503,8 @@ def record_metrics(rec: dict, won: str | None) -> dict[str, float]:
         share/LABEL               greedy format shares
         forced/FORMAT             forced accuracy in each format (eval.probe)
         within/...                the within-format metrics of the greedy outputs (format_metrics)
-        errors/LABEL/CATEGORY     share of that format's wrong greedy answers in each error category"""
+        errors/LABEL/CATEGORY     share of all greedy answers that are wrong, in that format, for that reason
+                                  (error_categories.py; over every label, errors/all/... add up to 1 - pass@1)"""
     out = {"pass@1": rec["pass@1"]}
     out.update({k: rec[k] for k in ("pass@k", "maj@k") if rec.get(k) is not None})
     out.update({f"sampled_pass@{j}": v for j, v in (rec.get("pass@k_curve") or {}).items()})
@@ -514,8 +515,8 @@ def record_metrics(rec: dict, won: str | None) -> dict[str, float]:
     out.update({f"share/{lab}": v for lab, v in rec["format_share"].items()})
     out.update({f"forced/{fmt}": p["forced_accuracy"] for fmt, p in (rec.get("probe") or {}).items()})
     out.update({k: v for k, v in (rec.get("within") or {}).items() if v is not None})
-    for lab, table in (rec.get("error_categories") or {}).items():
-        out.update({f"errors/{lab}/{cat}": v for cat, v in (table.get("share") or {}).items()})
+    for lab, table in (rec.get("error_categories") or {}).items():  # counts over ALL answers: rates that add up
+        out.update({f"errors/{lab}/{cat}": k / rec["n"] for cat, k in table["counts"].items()})  # to 1 - pass@1
     return out
 
 
@@ -633,8 +634,9 @@ def results_table(results: list[dict], metrics: tuple[str, ...]) -> tuple[list[s
 
 
 def error_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): per group, before and after RL, the share of its wrong greedy answers in each error
-    category (error_categories.py; all formats together), mean over seeds [95% interval]."""
+    """(header, rows): per group, before and after RL, the share of all greedy answers that are wrong for each
+    reason (error_categories.py; all formats together; the row adds up to 1 - pass@1), mean over seeds [95%
+    interval]."""
     from .error_categories import CATEGORIES
 
     cats = [c for c in CATEGORIES if any(g[w].get(f"errors/all/{c}") for g in results for w in ("before", "after"))]
@@ -665,7 +667,7 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
                "difference_lines": difference_lines(diffs)}
     atomic_write_json(out / "study.json", summary)
     tables = [("Results: before -> after RL, mean over seeds [95% bootstrap interval]", results_table(results, study.table)),
-              ("Error categories of the wrong greedy answers (share of them), mean over seeds [95% interval]",
+              ("Wrong greedy answers by error category (share of all answers), mean over seeds [95% interval]",
                error_table(results))]
     atomic_write_text(out / "results.md", "".join(f"### {title}\n\n{markdown(*t)}\n" for title, t in tables
                                                   if t[1]))
