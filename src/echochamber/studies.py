@@ -639,7 +639,8 @@ def error_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     interval]."""
     from .error_categories import CATEGORIES
 
-    cats = [c for c in CATEGORIES if any(g[w].get(f"errors/all/{c}") for g in results for w in ("before", "after"))]
+    cats = [c for c in CATEGORIES if any((g[w].get(f"errors/all/{c}") or {}).get("max", 0) > 0 for g in results
+                                         for w in ("before", "after"))]  # categories no answer fell in are left out
     rows = [[g["group"], g["dataset"], when, *(_cell(g[when].get(f"errors/all/{c}")) for c in cats)]
             for g in results for when in ("before", "after") if any(k.startswith("errors/") for k in g[when])]
     return ["group", "dataset", "", *cats], rows
