@@ -232,6 +232,12 @@ def test_failure_figure_and_study_json_carry_forced_accuracy_before_and_after(tm
     assert first["before"]["forced/tinygsm"]["mean"] == pytest.approx(0.6) and first["before"]["forced/tinygsm"]["n"] == 3
     assert first["after"]["forced/omi1"]["mean"] == pytest.approx(0.4)
     assert first["after"]["outside_winner"]["mean"] == 0.0 and first["before"]["outside_winner"]["mean"] == pytest.approx(0.4)
+    # through RL: forced omi1 accuracy 30% (one shared model) -> 30/40/50% over seeds: the interval [30, 50] holds the
+    # value before, so not established; pass@1 0.3 -> 0.35 for every seed is
+    moves = {(c["group"], c["metric"]): c for c in summary["changes"]}
+    assert moves[("data.mixture=tg_2xomi1_text", "forced/omi1")]["established"] is False
+    assert moves[("data.mixture=tg_2xomi1_text", "pass@1")]["established"] is True
+    assert "data.mixture=tg_2xomi1_text [synthetic_test]: pass@1 0.3 -> 0.35 through RL" in "\n".join(summary["difference_lines"])
     # results.md: the study's table, each number before -> after with its interval; formats no run probed are left out
     table = (out / "results.md").read_text().splitlines()
     assert table[2].startswith("| group | dataset | seeds | pass@1 | forced/tinygsm | forced/omi1 | share/omi1 |")

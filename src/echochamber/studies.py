@@ -569,6 +569,20 @@ def differences(results: list[dict]) -> list[dict]:
     return out
 
 
+def changes(results: list[dict], metrics: tuple[str, ...]) -> list[dict]:
+    """Per group and each of `metrics` it has before and after RL: the two means, the change, and whether it is
+    established (the intervals over seeds do not overlap; where the seeds share one pretrained model the value
+    before RL is the same for all and its interval a point)."""
+    out = []
+    for g in results:
+        for m in metrics:
+            b, a = g["before"].get(m), g["after"].get(m)
+            if b and a:
+                out.append({"dataset": g["dataset"], "group": g["group"], "metric": m, "before": b["mean"],
+                            "after": a["mean"], "change": a["mean"] - b["mean"], "established": separated(b, a)})
+    return out
+
+
 def result_lines(results: list[dict]) -> list[str]:
     """One line per group and dataset: pass@1 before -> after, pass@k (means with 95% intervals over seeds),
     leading format before -> after, each run's winner and timing."""
@@ -587,14 +601,21 @@ def result_lines(results: list[dict]) -> list[str]:
     return lines
 
 
-def difference_lines(diffs: list[dict]) -> list[str]:
-    """The established differences, one line each; then how many were compared and not established."""
+def difference_lines(diffs: list[dict], moves: list[dict] = ()) -> list[str]:
+    """The established differences between groups and changes through RL, one line each; then how many were
+    compared and not established."""
     est = [d for d in diffs if d["established"]]
-    lines = [f"{d['metric']} [{d['dataset']}]: {d['groups'][1]} {d['means'][1]:.1%} vs {d['groups'][0]} "
-             f"{d['means'][0]:.1%} ({d['difference']:+.1%}; intervals separate)" for d in est]
+    lines = [f"{d['metric']} [{d['dataset']}]: {d['groups'][1]} {d['means'][1]:.3g} vs {d['groups'][0]} "
+             f"{d['means'][0]:.3g} ({d['difference']:+.3g}; intervals separate)" for d in est]
     if len(diffs) > len(est):
-        lines.append(f"{len(diffs) - len(est)} of {len(diffs)} compared differences are not established (their 95% "
-                     f"intervals overlap, or a group has one seed)")
+        lines.append(f"{len(diffs) - len(est)} of {len(diffs)} compared differences between groups are not "
+                     f"established (their 95% intervals overlap, or a group has one seed)")
+    moved = [c for c in moves if c["established"]]
+    lines += [f"{c['group']} [{c['dataset']}]: {c['metric']} {c['before']:.3g} -> {c['after']:.3g} through RL "
+              f"({c['change']:+.3g}; intervals separate)" for c in moved]
+    if len(moves) > len(moved):
+        lines.append(f"{len(moves) - len(moved)} of {len(moves)} changes through RL in the results table are not "
+                     f"established")
     return lines
 
 
@@ -662,10 +683,10 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
     runs = [r for _, _, rs in groups for r in rs]
     datasets = _union(r.datasets for r in runs)
     results = [group_result(name, values, rs, ds) for ds in datasets for name, values, rs in groups if rs]
-    diffs = differences(results)
+    diffs, moves = differences(results), changes(results, study.table)
     summary = {"study": study.name, "question": study.question, "paper": study.paper, **meta,
                "results": results, "result_lines": result_lines(results), "differences": diffs,
-               "difference_lines": difference_lines(diffs)}
+               "changes": moves, "difference_lines": difference_lines(diffs, moves)}
     atomic_write_json(out / "study.json", summary)
     tables = [("Results: before -> after RL, mean over seeds [95% bootstrap interval]", results_table(results, study.table)),
               ("Wrong greedy answers by error category (share of all answers), mean over seeds [95% interval]",
@@ -679,9 +700,9 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
     head = (f"<p><b>Question.</b> {html.escape(study.question)}</p><p><b>The paper.</b> {html.escape(study.paper)}</p>"
             f"{lead}<h2>Result</h2><p>Means over seeds with their 95% bootstrap interval in brackets (points).</p>"
             f"<ul>{lines}</ul>" + "".join(f"<h3>{html.escape(title)}</h3>{_html_table(*t)}" for title, t in tables
-                                          if t[1]) + "<h3>Differences between groups (after RL)</h3>"
-            f"<ul>{diff_lines or '<li>none compared</li>'}"
-            f"</ul>"
+                                          if t[1])
+            + "<h3>Established differences (between groups, after RL) and changes (through RL)</h3>"
+            f"<ul>{diff_lines or '<li>none compared</li>'}</ul>"
             f"<p>Measured wall time: {meta['wall_seconds'] / 60:.1f} min over {meta['invocations']} invocation(s), "
             f"commit {html.escape(str(meta['git_commit']))}.</p>")
     write_sweep_report(out, entries, group_over_seeds(entries), title=f"echochamber study: {study.name}", lead=head)
