@@ -255,12 +255,13 @@ def test_failure_figure_and_study_json_carry_forced_accuracy_before_and_after(tm
 def test_refinement_figure_follows_each_formats_rollout_metrics_over_steps(tmp_path):
     out = tmp_path / "refinement"
     entries = []
-    for mix, key in (("tg", "within/tinygsm/n_variables"), ("omi1", "within/omi1/code_lines")):
+    for mix, fmt, key in (("tg", "tinygsm", "within/tinygsm/n_variables"), ("omi1", "omi1", "within/omi1/code_lines")):
         for seed in (0, 1):
             name = f"data.mixture={mix},rl.seed={seed}"
             entries.append(fake_cell(out, name, {"data.mixture": mix, "rl.seed": seed}, {"rl": {"algo": "grpo"}},
-                                     {0: ds(0.3, {"omi1": 1.0}), 2: ds(0.5, {"omi1": 1.0})}))
-            rows = [{"step": s, key: 4.0 + s + seed, "within/text/length": None} for s in (1, 2)]
+                                     {0: ds(0.3, {fmt: 1.0}), 2: ds(0.5, {fmt: 1.0})}))
+            # a stray text sample at step 2: not the format these runs write, so not drawn
+            rows = [{"step": s, key: 4.0 + s + seed, "within/text/length": 30.0 if s == 2 else None} for s in (1, 2)]
             (out / "cells" / name / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     fig = STUDIES["refinement"].figure(_groups(out, entries), "synthetic_test")
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]

@@ -261,8 +261,11 @@ def fig_refinement(groups: list[Group], dataset: str) -> Figure | None:
     rows = []
     for name, values, runs in groups:
         series = [within_series(r).get("rollouts", {}) for r in runs]
+        # the metrics of the format the runs write (their final greedy winner), not of a stray sample in another
+        won = {winner(e["datasets"][dataset]["format_share"]) for r in runs for e in r.evals[-1:]
+               if dataset in e.get("datasets", {})}
         keys = [k for k in dict.fromkeys(k for s in series for m in s.values() for k, v in m.items()
-                                         if v is not None and not k.startswith("within/unknown"))]
+                                         if v is not None and k.split("/")[1] in won)]
         rows.append((name, runs, series, keys))
     ncols = max(len(keys) for *_, keys in rows) + 1
     fig, axes = _grid(len(rows), ncols, "Within one format: how RL changes the way the model writes it (rollouts; "
