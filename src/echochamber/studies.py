@@ -405,7 +405,8 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           "an effective KL).",
           "quickstart", ("rl.kl_coef=0,0.01,0.1,0.3,1.0", "rl.seed=0,1,2"),
           ("rl.algo=ppo", "rl.kl_in=reward", "rl.kl_estimator=k1",
-           "rl.steps=48",  # KL_PILOT's rule sets this; 48 is the rule's smallest outcome until the pilot has run
+           "rl.steps=48",  # set by kl_pilot's rule: its kl_k1 was 0.0328 over steps 41-48, 125% of its 0.0263 over
+           # steps 89-96 (it rose to ~0.034 by step 32 and stayed there or fell; 2026-12-07, commit bc534e6)
            "rl.eval_every=8", "eval.datasets=[synthetic:test]", "eval.n_samples=8", "eval.between_greedy_only=true"),
           fig_kl, ("outside_winner_sampled", "pass@k", "pass@1")),
     # The pilot that sets the kl study's length, with its rule fixed before it runs: PPO at kl_coef 0.01 (the
