@@ -48,7 +48,7 @@ def gold_answer(gold: Any) -> str | None:
     return gold.rsplit("####", 1)[1].strip() if "####" in gold else gold.strip()
 
 
-OUTPUT_FIELDS = ("label", "answer", "boxed", "correct", "transcript", "written_output", "real_output")
+OUTPUT_FIELDS = ("label", "answer", "boxed", "correct", "transcript", "written_output", "real_output", "computed")
 
 
 def grade_file(in_path: str | Path, out_path: str | Path, *, question_field: str | None = "question",
