@@ -6,9 +6,14 @@
 A study is a sweep (sweep.py) with fixed settings, plus a report whose FIRST figure answers the study's question:
 
     collapse     does RL collapse the outputs onto one pretraining format, with the pass@1 jump? (3 seeds)
-    algorithms   PPO vs GRPO vs Expert Iteration on the same budget of samples
-    kl           KL coefficient 0 / 1e-3 / 1e-2 for PPO (k1 in the reward) and GRPO: do minority formats survive?
-    mixture      the same model on mixtures with other repeat factors: does the winner move?
+    algorithms   PPO vs GRPO vs Expert Iteration on the same budget of samples (3 RL seeds)
+    kl           PPO's KL coefficient 0 / 0.01 / 0.1 / 0.3 / 1 (k1 in the reward): do minority formats survive, at
+                 what cost in pass@1? (3 RL seeds; its length set by kl_pilot, one 96-step run and a fixed rule)
+    long         4x the quickstart's GRPO steps: does pass@k at large k fall late while pass@1 rises? (3 RL seeds)
+    failure      the frequent format made the less accurate one (a systematic error, at 2x and 8x): does RL amplify
+                 it or find the accurate one? Forced-format probes before and after (3 RL seeds)
+    refinement   pretrained on one code format alone: does RL refine how the model writes it? (3 RL seeds)
+    mixture      the same model on mixtures with other repeat factors: does the winner move? (3 seeds)
     transfer     RL on train, evaluated on splits it never saw: unseen names, larger amounts, one more step
     interpreter  the collapse study with a real interpreter writing <llm-code-output> during generation
     scale        models of about 1M, 4M and 12M parameters (each with its pretraining rate) on the small-number
@@ -18,9 +23,12 @@ DIR is the sweep's folder (DIR/sweep.json, DIR/cells/, DIR/pretrained/), so an i
 running the same command again, and finished cells are skipped. The study adds:
 
     DIR/study.json     the study's question, settings, commit, wall time, and per group of cells (cells that
-                       differ only in seed): pass@1 (and pass@k) before and after RL, mean and spread over seeds,
-                       format shares before and after, the winning format
-    DIR/report.html    the question, the study's figure, the results table, then the sweep's own tables and figures
+                       differ only in seed): every number record_metrics reads (pass@1, pass@k, format shares,
+                       forced accuracies, within-format metrics, error categories) before and after RL as a mean
+                       over seeds with its 95% bootstrap interval (intervals.py), each run's winner; then the
+                       differences between groups and the changes through RL, established or not
+    DIR/results.md     the study's results table and the error categories, before -> after with intervals
+    DIR/report.html    the question, the study's figure, the results, then the sweep's own tables and figures
 
 Positional KEY=VALUE overrides apply to every cell (`pretrain.max_steps=50` for a quick look; the result is then
 not the study's). `--config` replaces the study's base config (tests use the tiny `smoke` config).
