@@ -140,15 +140,21 @@ def fig_algorithms(groups: list[Group], dataset: str) -> Figure | None:
     return fig
 
 
+def end_metrics(runs: list[Run], dataset: str) -> tuple[list[dict], list[dict], list[str | None]]:
+    """Each run's record_metrics at its first and its last evaluation of `dataset` (runs never evaluated on it
+    are left out), and each run's winner (its largest greedy share at the last)."""
+    first, last = first_last(runs, dataset)
+    winners = [winner(d["format_share"]) for d in last]
+    return ([record_metrics(d, w) for d, w in zip(first, winners)],
+            [record_metrics(d, w) for d, w in zip(last, winners)], winners)
+
+
 def _end_values(groups: list[Group], dataset: str, metric: str, when: str = "after") -> list[list[float]]:
     """Per group, each run's record_metrics[metric] at its last (when="after") or first evaluation of `dataset`."""
     out = []
     for _, _, runs in groups:
-        runs = [r for r in runs if dataset in r.datasets]
-        first, last = first_last(runs, dataset)
-        winners = [winner(d["format_share"]) for d in last]
-        recs = last if when == "after" else first
-        out.append([m[metric] for m in (record_metrics(d, w) for d, w in zip(recs, winners)) if metric in m])
+        before, after, _ = end_metrics(runs, dataset)
+        out.append([m[metric] for m in (after if when == "after" else before) if metric in m])
     return out
 
 
@@ -544,9 +550,8 @@ def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict
     headline ones also under their own keys."""
     runs = [r for r in runs if any(dataset in e.get("datasets", {}) for e in r.evals)]
     first, last = first_last(runs, dataset)
-    winners = [winner(d["format_share"]) for d in last]
-    before = _summaries([record_metrics(d, w) for d, w in zip(first, winners)])
-    after = _summaries([record_metrics(d, w) for d, w in zip(last, winners)])
+    before_runs, after_runs, winners = end_metrics(runs, dataset)
+    before, after = _summaries(before_runs), _summaries(after_runs)
     return {"group": name, "values": values, "runs": len(runs), "finished": sum(bool(r.summary) for r in runs),
             "dataset": dataset, "seeds": [_run_seed(r) for r in runs],
             "pass1_before": before.get("pass@1"), "pass1_after": after.get("pass@1"),
