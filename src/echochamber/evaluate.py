@@ -146,16 +146,14 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
                                 prompts=questions if ecfg.grade_sees_prompt else None)
     # tokens: the response re-encoded (no EOS), the length format_metrics averages per format.
     lengths = [len(ids) for ids in tok.encode_batch(greedy)]
-    # finished: the sampler stopped at EOS (not cut at max_new_tokens); error: error_categories' category
-    rows = [{"id": p.id, "question": p.question, "response": str(r), "label": g.label, "answer": g.answer,
-             "boxed": g.boxed, "gold": p.answer, "correct": g.correct, "tokens": n, "transcript": g.transcript,
-             "finished": finished(r), "error": categorise(p, r, g, finished(r))}
-            for p, r, g, n in zip(mine, greedy, graded, lengths)]
+    rows = [{"id": p.id, "question": p.question, **_verdict(p, r, g), "boxed": g.boxed, "tokens": n,
+             "transcript": g.transcript} for p, r, g, n in zip(mine, greedy, graded, lengths)]
     rows = [r for part in dist.all_gather_objects(rows, ctx) for r in part]
     share, acc = label_table([r["label"] for r in rows], [r["correct"] for r in rows])
     result = {"n": len(rows), "pass@1": sum(r["correct"] for r in rows) / max(1, len(rows)), "format_share": share,
               "format_acc": acc, "within": within_format(rows)}
-    if has_computation(problems):  # the synthetic world: why each wrong greedy answer is wrong, per format
+    categorised = has_computation(problems)  # the synthetic world: why each wrong answer is wrong, per format
+    if categorised:
         result["error_categories"] = tabulate([r["error"] for r in rows], [r["label"] for r in rows])
     if out_dir and ctx.is_main:
         write_jsonl(out_dir / f"{name}_greedy.jsonl", rows)
@@ -166,9 +164,7 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
         sgraded = formats.grade_many(flat, [g for g in golds for _ in range(n)], mode=ecfg.mode, pool=pool,
                                      prompts=[q for q in questions for _ in range(n)] if ecfg.grade_sees_prompt
                                      else None)
-        srows = [{"id": p.id, "sample": j, "response": str(s), "label": g.label, "answer": g.answer,
-                  "gold": p.answer, "correct": g.correct, "finished": finished(s),
-                  "error": categorise(p, s, g, finished(s))}
+        srows = [{"id": p.id, "sample": j, **_verdict(p, s, g)}
                  for i, (p, texts) in enumerate(zip(mine, samples)) for j, (s, g) in
                  enumerate(zip(texts, sgraded[i * n:(i + 1) * n]))]
         srows = [r for part in dist.all_gather_objects(srows, ctx) for r in part]
@@ -184,11 +180,19 @@ def evaluate_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg:
                               for rs in per_problem) / len(rows)
         result["sample_format_share"], result["sample_format_acc"] = label_table([r["label"] for r in srows],
                                                                                  [r["correct"] for r in srows])
-        if has_computation(problems):
+        if categorised:
             result["sample_error_categories"] = tabulate([r["error"] for r in srows], [r["label"] for r in srows])
         if out_dir and ctx.is_main:
             write_jsonl(out_dir / f"{name}_samples.jsonl", srows)
     return result
+
+
+def _verdict(problem: Problem, text: str, g: formats.Graded) -> dict:
+    """A graded response's row fields, greedy or sampled: finished = the sampler stopped at EOS (not cut at
+    max_new_tokens); error = its error_categories category (None when right or not synthetic)."""
+    done = finished(text)
+    return {"response": str(text), "label": g.label, "answer": g.answer, "gold": problem.answer,
+            "correct": g.correct, "finished": done, "error": categorise(problem, text, g, done)}
 
 
 def greedy_and_samples(model: OLMo, tok: Tokenizer, questions: list[str], ecfg: EvalConfig, *, seed: int,
