@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from echochamber.config import RunConfig, to_dict
-from echochamber.studies import STUDIES, fig_kl, group_result, write_study_report, _groups
+from echochamber.studies import STUDIES, write_study_report, _groups
+from echochamber.study_figures import fig_kl
+from echochamber.study_results import group_result
 from echochamber.sweep import SweepError, _setting_changes, group_over_seeds, parse_grid, plan_cells
 
 
