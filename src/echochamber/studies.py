@@ -53,11 +53,11 @@ from typing import Callable
 
 from matplotlib.figure import Figure
 
-from .report import _embed, _union, load_run, write_sweep_report
+from .report import _embed, _html_table, _union, load_run, write_sweep_report
 from .runio import atomic_write_json, atomic_write_text, git_commit
 from .study_figures import (fig_algorithms, fig_collapse, fig_failure, fig_kl, fig_long, fig_mixture,
                             fig_refinement, fig_scale, fig_transfer)
-from .study_results import (Group, _html_table, changes, difference_lines, differences, error_table, group_result,
+from .study_results import (Group, changes, difference_lines, differences, error_table, group_result,
                             markdown, result_lines, results_table)
 from .sweep import dry_run as sweep_dry_run, group_over_seeds, is_seed_key, run_sweep
 

@@ -9,8 +9,6 @@ print.
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 
 from .intervals import percent, separated, summarize
@@ -247,11 +245,3 @@ def error_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows]) + "\n"
-
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    cells = lambda r, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in r)
-    return (f"<table><tr>{cells(header, 'th')}</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
-            + "</table>")
-
