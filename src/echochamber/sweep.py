@@ -195,15 +195,17 @@ class Cell:
     def out(self) -> Path:
         return Path(self.cfg.out_dir)
 
+    def setting(self, key: str):
+        """One setting of the cell's resolved config by its dotted key (of a linked key "a+b", a's)."""
+        node = self.cfg
+        for part in key.split("+")[0].split("."):
+            node = getattr(node, part)
+        return to_dict(node)
+
     def overrides(self) -> dict:
         """The grid values as the config parsed them (rl.lr=1e-4 -> 0.0001), by the names of `named`; a linked key
         "a+b" with one value for both by its first key."""
-        def get(key):
-            node = self.cfg
-            for part in key.split("+")[0].split("."):
-                node = getattr(node, part)
-            return to_dict(node)
-        return {k: get(k) for k, _ in named(self.values)}
+        return {k: self.setting(k) for k, _ in named(self.values)}
 
 
 def _key(*parts) -> str:
@@ -327,17 +329,22 @@ def eval_printer(head: str) -> Callable[[dict], None]:
     return show
 
 
-def run_cell(cell: Cell, progress: bool = True, head: str | None = None) -> dict:
-    """Build the shared dataset and pretraining if not there yet, then run (or resume) the cell's RL, printing its
-    evaluations as they come (eval_printer, lines prefixed with `head`, default the cell's name).
-    Each stage resumes by itself; a finished pretraining (its model/ folder, which lands in one rename) is not
-    even reopened, so cells after the first never touch the shared files."""
+def prepare_cell(cell: Cell) -> None:
+    """Build the cell's shared dataset and run its shared pretraining, each only if not there yet. Each resumes by
+    itself; a finished pretraining (its model/ folder, which lands in one rename) is not even reopened, so cells
+    after the first never touch the shared files."""
     if cell.data_dir is not None:
         build_dataset(cell.cfg.data, cell.data_dir)  # finds a complete dataset with these settings and returns
     if cell.pretrain_dir is not None and not (cell.pretrain_dir / "model").is_dir():
         print(f"  pretraining {cell.pretrain_dir.name} (shared by every cell with these data/model/pretrain "
               f"settings and seed)", flush=True)
         pretrain(cell.cfg, cell.pretrain_dir)  # records its config in pretrain_config.yaml
+
+
+def run_cell(cell: Cell, progress: bool = True, head: str | None = None) -> dict:
+    """prepare_cell, then run (or resume) the cell's RL, printing its evaluations as they come (eval_printer, lines
+    prefixed with `head`, default the cell's name)."""
+    prepare_cell(cell)
     return run_rl(cell.cfg, cell.out / "rl", progress=progress, on_eval=eval_printer(head or cell.name))
 
 
@@ -353,6 +360,39 @@ def run_sweep(config: str, grid_specs: list[str], overrides: list[str], out: str
             return _run_cells(cells, out, progress)
     except RunFolderError as e:  # (a cell's own errors are recorded in sweep.json, not raised)
         raise SweepError(f"another process (a sweep?) is writing {out}: {e}") from None
+
+
+def run_pretraining(config: str, grid_specs: list[str], overrides: list[str], out: str | Path) -> list[Cell]:
+    """A sweep stopped before RL: every cell's dataset and pretraining (prepare_cell; a shared one once), one after
+    another, resuming as run_sweep does; returns the cells. A pretraining that fails is reported, its traceback
+    left in the cell's error.log, and the others go on. A pretraining pilot (studies.py) reads the cells'
+    validation losses from their pretrained/<key>/metrics.jsonl."""
+    out = Path(out)
+    cells = resolve_cells(config, grid_specs, overrides, out)
+    try:
+        with exclusive(out):
+            for i, cell in enumerate(cells):
+                head = f"[cell {i + 1}/{len(cells)}] {cell.name}"
+                if cell.pretrain_dir is None or (cell.pretrain_dir / "model").is_dir():
+                    print(f"{head}: pretrained earlier, skipped", flush=True)
+                    continue
+                print(f"{head}: pretraining -> {cell.pretrain_dir}", flush=True)
+                record_cell(cell)
+                _attempt(cell, head, lambda: prepare_cell(cell))
+    except RunFolderError as e:
+        raise SweepError(f"another process (a sweep?) is writing {out}: {e}") from None
+    return cells
+
+
+def _attempt(cell: Cell, head: str, stage: Callable[[], object]) -> tuple[object, str | None]:
+    """Run one cell's stage; a failure is printed, its traceback written to the cell's error.log, and returned as
+    "Type: message" instead of raised (one broken cell must not cost the others; Ctrl-C still stops)."""
+    try:
+        return stage(), None
+    except Exception as e:  # noqa: BLE001
+        atomic_write_text(cell.out / "error.log", traceback.format_exc())
+        print(f"{head}: FAILED: {type(e).__name__}: {e} (traceback: {cell.out / 'error.log'})", flush=True)
+        return None, f"{type(e).__name__}: {e}"
 
 
 def cell_entries(cells: list[Cell], out: Path) -> list[dict]:
@@ -402,14 +442,12 @@ def _run_cells(cells: list[Cell], out: Path, progress: bool) -> list[dict]:
         record_cell(cell)
         entries[i]["status"] = "running"
         atomic_write_json(out / "sweep.json", entries)
-        try:
-            summary = run_cell(cell, progress, head)
+        summary, error = _attempt(cell, head, lambda: run_cell(cell, progress, head))
+        if error is None:
             entries[i] = _entry(cell, out, "done", summary)
             print(f"{head}: {_result_line(summary)}", flush=True)
-        except Exception as e:  # noqa: BLE001 - one broken cell must not cost the others; Ctrl-C still stops
-            entries[i] = _entry(cell, out, "failed", error=f"{type(e).__name__}: {e}")
-            atomic_write_text(cell.out / "error.log", traceback.format_exc())
-            print(f"{head}: FAILED: {type(e).__name__}: {e} (traceback: {cell.out / 'error.log'})", flush=True)
+        else:
+            entries[i] = _entry(cell, out, "failed", error=error)
         atomic_write_json(out / "sweep.json", entries)
     report = write_sweep_report(out, entries, group_over_seeds(entries))
     failed = sum(e["status"] == "failed" for e in entries)
