@@ -96,13 +96,21 @@ def test_a_study_dry_run_prints_its_cells_and_an_estimate_and_writes_nothing(tmp
 
 
 # ------------------------------------------------------------------------------------------------- the report
-def fake_cell(out: Path, name: str, overrides: dict, config: dict, evals: dict[int, dict], wall: float = 60.0) -> dict:
-    """A finished cell as the sweep leaves it: DIR/cells/NAME/rl with eval/step_N.json, rl_config.yaml and
-    summary.json; returns its sweep.json entry."""
+def fake_cell(out: Path, name: str, overrides: dict, config: dict, evals: dict[int, dict], wall: float = 60.0,
+              greedy_rows: bool = False) -> dict:
+    """A finished cell as the sweep leaves it: DIR/cells/NAME/rl with eval/step_N.json (and, with greedy_rows, each
+    evaluation's greedy answers: 10 problems unless the record says "problems", the first pass@1 x 10 right),
+    rl_config.yaml and summary.json; returns its sweep.json entry."""
     rl = out / "cells" / name / "rl"
     (rl / "eval").mkdir(parents=True)
     for step, ds in evals.items():
         (rl / "eval" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "datasets": ds}))
+        (rl / "eval" / f"step_{step:06d}").mkdir()
+        for name_, rec in ds.items() if greedy_rows else ():
+            right = round(rec["pass@1"] * 10)
+            rows = [{"id": f"p{i}", "correct": i < right} for i in range(rec.get("problems", 10))]
+            (rl / "eval" / f"step_{step:06d}" / f"{name_}_greedy.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows))
     (rl / "rl_config.yaml").write_text(yaml.safe_dump(config))
     (rl / "summary.json").write_text(json.dumps({"wall_seconds": wall}))
     first, last = evals[min(evals)]["synthetic_test"], evals[max(evals)]["synthetic_test"]
@@ -120,12 +128,13 @@ def test_study_report_puts_the_study_figure_first_and_records_its_numbers(tmp_pa
     cfg = {"rl": {"algo": "grpo", "prompts_per_step": 4, "samples_per_prompt": 2}}
     entries = [
         fake_cell(out, "rl.algo=grpo,seed=0", {"rl.algo": "grpo", "seed": 0}, cfg,
-                  {0: ds(0.2, {"text": 0.6, "omi1": 0.4}), 4: ds(0.6, {"omi1": 0.9, "text": 0.1})}),
+                  {0: ds(0.2, {"text": 0.6, "omi1": 0.4}), 4: ds(0.6, {"omi1": 0.9, "text": 0.1})}, greedy_rows=True),
         fake_cell(out, "rl.algo=grpo,seed=1", {"rl.algo": "grpo", "seed": 1}, cfg,
-                  {0: ds(0.4, {"text": 0.95, "omi1": 0.05}), 4: ds(0.8, {"text": 0.7, "omi1": 0.3})}),
+                  {0: ds(0.4, {"text": 0.95, "omi1": 0.05}), 4: ds(0.8, {"text": 0.7, "omi1": 0.3})},
+                  greedy_rows=True),
         fake_cell(out, "rl.algo=ei,seed=0", {"rl.algo": "ei", "seed": 0},
                   {"rl": {"algo": "ei", "ei": {"prompts_per_round": 8, "samples_per_prompt": 4}}},
-                  {0: ds(0.2, {"text": 1.0}), 1: ds(0.3, {"tinygsm": 1.0})}),
+                  {0: ds(0.2, {"text": 1.0}), 1: ds(0.3, {"tinygsm": 1.0})}, greedy_rows=True),
     ]
     meta = {"config": "quickstart", "grid": [], "overrides": [], "git_commit": "abc", "wall_seconds": 600.0,
             "invocations": 1}
@@ -270,3 +279,125 @@ def test_refinement_figure_follows_each_formats_rollout_metrics_over_steps(tmp_p
     assert titles == ["data.mixture=tg · tinygsm/n_variables", "data.mixture=tg · greedy pass@1 (synthetic_test)",
                       "data.mixture=omi1 · omi1/code_lines", "data.mixture=omi1 · greedy pass@1 (synthetic_test)"]
     assert fig.axes[0].lines[0].get_ydata() == pytest.approx([5.5, 6.5])  # mean of the two seeds per step
+
+
+# ------------------------------------------------------------------------------------------------- issue 20: pilots, maps, fairness
+def test_lowest_val_loss_rule_chooses_per_group_and_waits_for_a_group_still_running():
+    from echochamber.study_results import lowest_val_loss
+
+    def res(preset, lr, loss, finished=True):
+        return {"values": {"model.preset": preset, "pretrain.lr": lr}, "val_loss": loss, "finished": finished}
+
+    results = [res("olmo-tiny", 1e-3, 0.30), res("olmo-tiny", 3e-3, 0.26), res("olmo-tiny", 1e-2, 0.28),
+               res("olmo-12m", 1e-3, 0.25), res("olmo-12m", 3e-3, 0.24, finished=False)]
+    choice, lines = lowest_val_loss("model.preset", "pretrain.lr")(results)
+    assert choice == {"olmo-tiny": 3e-3}  # the 12M group waits: one of its rates has not finished
+    assert lines[0].startswith("model.preset=olmo-tiny: pretrain.lr=0.003 (")
+    assert lines[1].startswith("model.preset=olmo-12m: not decided, 1 of 2 finished")
+
+
+def test_a_pretraining_pilot_only_pretrains_and_its_rule_picks_the_lowest_validation_loss(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from echochamber import studies
+    from echochamber.runio import read_metrics
+
+    pilot = studies.PretrainPilot("tiny_rates", "which rate?", "the paper: 1e-3", "smoke", ("pretrain.lr=1e-3,3e-2",),
+                                  ("pretrain.max_steps=12", "pretrain.eval_every=6", "pretrain.ckpt_every=6"),
+                                  by="model.preset", choose="pretrain.lr")
+    monkeypatch.setitem(studies.STUDIES, "tiny_rates", pilot)
+    out = tmp_path / "pilot"
+    summary = studies.run_study("tiny_rates", out)
+    assert not list(out.glob("cells/*/rl"))  # nothing ran RL
+    losses = {r["values"]["pretrain.lr"]: read_metrics(out / r["pretrained"])[-1]["val_loss"]
+              for r in summary["results"]}
+    assert len(losses) == 2 and all(r["finished"] for r in summary["results"]) and summary["complete"]
+    assert summary["choice"] == {"olmo-tiny": min(losses, key=losses.get)}
+    assert json.loads((out / "study.json").read_text())["choice"] == summary["choice"]
+    assert (out / "study_tiny_rates.png").exists() and "which rate?" in (out / "report.html").read_text()
+    capsys.readouterr()
+    again = studies.run_study("tiny_rates", out)  # resumes: both pretrained earlier, nothing runs again
+    assert capsys.readouterr().out.count("pretrained earlier, skipped") == 2
+    assert again["choice"] == summary["choice"] and again["invocations"] == 2
+
+
+def test_a_study_waiting_for_a_pilot_refuses_to_run_and_says_what_to_run_first(tmp_path):
+    from echochamber.cli import main
+
+    assert STUDIES["scale"].blocked and STUDIES["algorithms"].blocked  # neither pilot has run yet
+    with pytest.raises(SystemExit) as e:
+        main(["study", "scale", "--out", str(tmp_path / "scale"), "--dry-run"])
+    assert "echochamber study scale_rates" in str(e.value.code) and not (tmp_path / "scale").exists()
+
+
+def test_the_course_of_a_run_is_read_on_the_problems_every_evaluation_answered(tmp_path):
+    from echochamber.report import load_run
+    from echochamber.study_results import common_pass1, run_course
+
+    out = tmp_path / "s"
+    # the ends answer 20 problems, the evaluation between them the first 10: the curve uses those 10 throughout
+    fake_cell(out, "c", {}, {"rl": {}}, {0: ds(0.1, {"text": 1.0}, problems=20),
+                                          4: ds(0.8, {"omi1": 1.0}, problems=10),
+                                          8: ds(0.5, {"omi1": 1.0}, problems=20)}, greedy_rows=True)
+    run = load_run(out / "cells" / "c" / "rl")
+    assert common_pass1(run, "synthetic_test") == pytest.approx({0: 0.1, 4: 0.8, 8: 0.5})
+    course = run_course(run, "synthetic_test")
+    assert course["peak_pass@1"] == pytest.approx(0.8) and course["fall_from_peak"] == pytest.approx(0.3)
+    assert course["collapse_step"] == 4
+
+
+def test_best_of_reports_each_algorithm_at_the_rate_with_its_highest_mean_pass1(tmp_path):
+    from echochamber.study_results import best_of, best_table
+
+    out = tmp_path / "s"
+    entries = []
+    for algo, rate, finals in (("grpo", "1e-4", (0.6, 0.7)), ("grpo", "3e-4", (0.8, 0.9)), ("ei", "1e-4", (0.5, 0.5)),
+                               ("ei", "3e-4", (0.4, 0.2))):
+        for seed, final in enumerate(finals):
+            name = f"rl.algo={algo},rl.lr={rate},rl.seed={seed}"
+            entries.append(fake_cell(out, name, {"rl.algo": algo, "rl.lr": float(rate), "rl.seed": seed},
+                                     {"rl": {"algo": algo}}, {0: ds(0.2, {"text": 1.0}), 4: ds(final, {"omi1": 1.0})},
+                                     greedy_rows=True))
+    results = write_study_report(STUDIES["ppo_critic"], out, entries, {"config": "q", "grid": [], "overrides": [],
+                                 "git_commit": "abc", "wall_seconds": 1.0, "invocations": 1})["results"]
+    best = {g["values"]["rl.algo"]: g for g in best_of(results, "rl.algo")}
+    assert best["grpo"]["values"]["rl.lr"] == 3e-4 and best["ei"]["values"]["rl.lr"] == 1e-4
+    header, rows = best_table(results, "rl.algo", ("pass@1", "fall_from_peak"))
+    assert header[:3] == ["rl.algo", "dataset", "at its best setting"]
+    assert rows[0][2] == "rl.lr=0.0003" and rows[0][4].startswith("85.0% [80.0, 90.0]")
+
+
+def test_scale_map_colours_each_cell_by_the_forced_gap_and_names_the_winner(tmp_path):
+    out = tmp_path / "s"
+    entries = []
+    for preset in ("olmo-tiny", "olmo-small"):
+        for n in (20, 50):
+            text_acc = 0.8 if n == 20 else 0.2  # text the accurate format in the easy world, code in the hard one
+            probe = {"tinygsm": {"forced_accuracy": 0.5}, "omi1": {"forced_accuracy": 0.4},
+                     "text": {"forced_accuracy": text_acc}}
+            won = "text" if n == 20 else "tinygsm"
+            for seed in (0, 1):
+                name = f"seed={seed},model.preset={preset},data.synthetic.max_number={n}"
+                entries.append(fake_cell(out, name, {"seed": seed, "model.preset": preset,
+                                                     "data.synthetic.max_number": n},
+                                         {"model": {"preset": preset}},
+                                         {0: ds(0.3, {"text": 0.5, "tinygsm": 0.5}, probe=probe),
+                                          24: ds(0.6, {won: 1.0})}))
+    fig = STUDIES["scale"].figure(_groups(out, entries), "synthetic_test")
+    ax = fig.axes[0]
+    gap = ax.images[0].get_array()
+    assert gap.shape == (2, 2) and gap[0, 0] == pytest.approx(0.3) and gap[0, 1] == pytest.approx(-0.3)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts.count("text 2/2\n30% -> 60%") == 2 and texts.count("tinygsm 2/2\n30% -> 60%") == 2
+
+
+def test_ppo_critic_figure_draws_the_value_mean_against_the_reward_mean(tmp_path):
+    out = tmp_path / "s"
+    entry = fake_cell(out, "rl.seed=0", {"rl.seed": 0}, {"rl": {"algo": "ppo"}},
+                      {0: ds(0.2, {"text": 1.0}), 2: ds(0.5, {"omi1": 1.0})}, greedy_rows=True)
+    (out / "cells" / "rl.seed=0" / "rl" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "reward_mean": r, "critic/value_mean": v, "critic/value_clip_frac": 0.01})
+        + "\n" for s, r, v in ((1, 0.2, 0.0), (2, 0.4, 0.1))))
+    fig = STUDIES["ppo_critic"].figure(_groups(out, [entry]), "synthetic_test")
+    value_ax = fig.axes[1]
+    ys = sorted(line.get_ydata().tolist() for line in value_ax.lines)
+    assert ys == [pytest.approx([0.0, 0.1]), pytest.approx([0.2, 0.4])]

@@ -242,7 +242,7 @@ def cmd_study(args) -> None:
                             launcher=_launch_options(args) if args.launcher else None)
     except SweepError as e:
         sys.exit("\n".join(f"study: {line}" for line in str(e).splitlines()))
-    if summary is not None and any(g["finished"] < g["runs"] for g in summary["results"]):
+    if summary is not None and not summary["complete"]:
         sys.exit(1)
 
 

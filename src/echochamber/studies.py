@@ -53,13 +53,13 @@ from typing import Callable
 
 from matplotlib.figure import Figure
 
-from .report import _embed, _html_table, _union, load_run, write_sweep_report
+from .report import STYLE, _embed, _html_table, _union, load_run, write_sweep_report
 from .runio import atomic_write_json, atomic_write_text, git_commit
 from .study_figures import (fig_algorithms, fig_collapse, fig_failure, fig_kl, fig_long, fig_mixture,
-                            fig_refinement, fig_scale, fig_transfer)
+                            fig_pilot, fig_ppo_critic, fig_refinement, fig_scale, fig_transfer)
 from .study_results import (Group, changes, difference_lines, differences, error_table, group_result,
-                            markdown, result_lines, results_table)
-from .sweep import dry_run as sweep_dry_run, group_over_seeds, is_seed_key, run_sweep
+                            best_table, lowest_val_loss, markdown, pretraining_result, result_lines, results_table)
+from .sweep import SweepError, dry_run as sweep_dry_run, group_over_seeds, is_seed_key, run_pretraining, run_sweep
 
 
 # ------------------------------------------------------------------------------------------------- the studies
@@ -74,18 +74,91 @@ class Study:
     figure: Callable[[list[Group], str], Figure | None]
     # the numbers of its results table (record_metrics names), each before -> after RL with intervals
     table: tuple[str, ...] = ("pass@1", "pass@k", "outside_winner")
+    # set while a setting of its grid waits for a pilot's rule: what to run first (the study refuses until then)
+    blocked: str | None = None
+    # a grid key whose groups compete: the table of each value of it at its best setting (study_results.best_of)
+    best_of: str | None = None
 
 
+@dataclass(frozen=True)
+class PretrainPilot:
+    """A study that stops before RL: its cells only pretrain (sweep.run_pretraining), and a rule written with it,
+    before it runs, picks a setting for a later study from their validation losses (`by` -> `choose`)."""
+    name: str
+    question: str
+    paper: str
+    config: str
+    grid: tuple[str, ...]
+    overrides: tuple[str, ...]
+    by: str  # the setting the rule decides for (e.g. model.preset)
+    choose: str  # the setting it chooses (e.g. pretrain.lr)
 
-STUDIES: dict[str, Study] = {s.name: s for s in (
+    @property
+    def rule(self) -> Callable[[list[dict]], tuple[dict, list[str]]]:
+        return lowest_val_loss(self.by, self.choose)
+
+
+# What the pilots chose, each by the rule written in its definition below (filled in from the pilot's study.json,
+# with the date and commit it ran at); a study whose grid needs an empty one refuses to run (Study.blocked).
+SCALE_SIZES = ("olmo-tiny", "olmo-small", "olmo-12m")
+SCALE_RATES: dict[str, float] = {}  # scale_rates: model.preset -> pretrain.lr. Not run yet.
+ALGORITHMS_CRITIC_RATIO: float | None = None  # ppo_critic: the critic's peak rate / the actor's. Not run yet.
+ALGORITHM_RATES = (0.3, 1.0, 3.0)  # each algorithm's rates, relative to today's (rl.lr 1e-4; EI's rl.ei.lr 3e-4)
+
+
+def _scale_sizes() -> str:
+    """The scale map's size axis, each preset linked to its chosen pretraining rate (or to its current one while
+    the study is blocked: only the dry run and the tests read it then)."""
+    rates = SCALE_RATES or {"olmo-tiny": 3e-3, "olmo-small": 3e-3, "olmo-12m": 1e-3}
+    return "model.preset+pretrain.lr=" + ",".join(f"({p},{rates[p]:g})" for p in SCALE_SIZES)
+
+
+def _algorithm_rates() -> str:
+    """The algorithms grid's rate axis: rl.lr (GRPO, PPO), rl.ei.lr (EI's SFT) and PPO's critic peak and floor
+    move together, one relative rate at a time."""
+    ratio = ALGORITHMS_CRITIC_RATIO or 7.0
+    return "rl.lr+rl.ei.lr+rl.ppo.critic_lr+rl.ppo.critic_min_lr=" + ",".join(
+        f"({1e-4 * r:.2g},{3e-4 * r:.2g},{ratio * 1e-4 * r:.2g},{0.7 * 1e-4 * r:.2g})" for r in ALGORITHM_RATES)
+
+
+STUDIES: dict[str, Study | PretrainPilot] = {s.name: s for s in (
     Study("collapse", "Does RL collapse the outputs onto one pretraining format, and does the collapse come with the "
           "pass@1 jump? (the quickstart over 3 seeds)",
           "RL collapses onto one format within about one pass over the training set; the collapse coincides with "
           "the largest pass@1 gain.",
           "quickstart", ("seed=0,1,2",), (), fig_collapse),
-    Study("algorithms", "PPO vs GRPO vs Expert Iteration on the same budget of samples: gain and collapse.",
+    # The algorithms, fairly (issue 20): each at three learning rates, the same relative grid around today's
+    # (0.3x, 1x, 3x of GRPO's and PPO's 1e-4 and Expert Iteration's SFT rate 3e-4), 3 RL seeds each, on one shared
+    # pretrained quickstart model and one budget of samples (6,144: 24 x 32 x 8, EI 3 x 64 x 32). Greedy answers
+    # to 100 problems every 4 steps give the curve, its peak, the fall after it and the collapse step; pass@4 at
+    # the ends. Each algorithm is reported at its best rate: the one with the highest mean greedy pass@1 at the
+    # last evaluation (study_results.best_of). PPO's critic rate moves with the actor's at the ratio the
+    # ppo_critic study's rule picks (ALGORITHMS_CRITIC_RATIO), its floor at 0.7x the actor's (the authors').
+    Study("algorithms", "GRPO vs PPO vs Expert Iteration, each at its best of three learning rates, 3 RL seeds "
+          "each, on one budget of samples: pass@1, pass@4, stability after the peak, and the collapse",
           "PPO is the most stable; GRPO collapses the same way; Expert Iteration lags, with a milder shift.",
-          "quickstart", ("rl.algo=grpo,ppo,ei", "rl.seed=0,1,2"), (), fig_algorithms),
+          "quickstart", ("rl.algo=grpo,ppo,ei", _algorithm_rates(), "rl.seed=0,1,2"),
+          ("rl.eval_every=4", "eval.datasets=[synthetic:test]", "eval.between_greedy_only=true"), fig_algorithms,
+          ("pass@1", "pass@k", "peak_pass@1", "fall_from_peak", "outside_winner"),
+          blocked=None if ALGORITHMS_CRITIC_RATIO else "algorithms waits for PPO's critic ratio: run `echochamber "
+          "study ppo_critic`, then set studies.ALGORITHMS_CRITIC_RATIO by its rule", best_of="rl.algo"),
+    # PPO's critic, before the algorithms grid (issue 20): its rate, and two cheap diagnostics of why PPO fell
+    # after its peak in the first algorithms study, each at the actor's 1e-4 with 3 RL seeds on one pretrained
+    # quickstart model. The critic at 1x the actor's rate (what the authors' code ran), 3x and 7x (today's; the
+    # ratio their configs name), each decaying to 7e-5 (0.7x the actor's, the authors' floor). Then, at 7x: log-
+    # probs at the rollout temperature 0.7 (the authors') instead of 1.0, and advantages not whitened (whitening
+    # keeps the step size as the real signal shrinks). The critic logs its value mean (against the reward mean)
+    # and its value-clip fraction every step. The rule for the algorithms grid, fixed here: of the three critic
+    # rates (temperature 1.0, whitened), the one with the highest mean greedy pass@1 at the last evaluation.
+    Study("ppo_critic", "PPO's critic at 1x, 3x and 7x the actor's rate, and two diagnostics at 7x (log-probs at "
+          "temperature 0.7; advantages not whitened): which keeps PPO's pass@1 after its peak? (3 RL seeds)",
+          "The authors' PPO was the most stable of their algorithms; their critic ran at the actor's rate.",
+          "quickstart",
+          ("rl.ppo.critic_lr+rl.logprob_temperature+rl.ppo.whiten_advantages=(1e-4,1.0,true),(3e-4,1.0,true),"
+           "(7e-4,1.0,true),(7e-4,0.7,true),(7e-4,1.0,false)", "rl.seed=0,1,2"),
+          ("rl.algo=ppo", "rl.ppo.critic_min_lr=7e-5", "rl.eval_every=4", "eval.datasets=[synthetic:test]",
+           "eval.between_greedy_only=true"), fig_ppo_critic,
+          ("pass@1", "pass@k", "peak_pass@1", "fall_from_peak", "outside_winner"), best_of="rl.ppo.critic_lr"),
     # The KL dose-response (issue 19). PPO with k1 in the reward, the paper's form, on one pretrained quickstart
     # model, 3 RL seeds per coefficient. The range reaches where the penalty is comparable to the 0/1 reward (the
     # first kl study measured a drift of 0.03-0.04 nats per token after 24 steps, so 0.3-1.0 x ~115 tokens x that
@@ -152,18 +225,37 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           "generation (OpenMathInstruct-1's own inference) instead of the model? (3 seeds, without vs with)",
           "The paper's RL ran without an interpreter: the model wrote its own code output.",
           "quickstart", ("seed=0,1,2", "rl.interpreter+eval.interpreter=false,true"), (), fig_collapse),
-    Study("scale", "Which format wins at each model size, on a world where a larger model can master text "
-          "arithmetic (small numbers) and the code formats' data always write x as +?",
+    # The scale map (issue 20): which format wins, over model size x world difficulty, every cell run. Each size
+    # pretrains at the rate scale_rates' rule chose (SCALE_RATES). Difficulty is the size of the numbers, every
+    # other world setting the quickstart's: amounts up to 20 / 35 / 50, multipliers up to 5 / 8 / 12, results up
+    # to 100 / 300 / 1000 (20 and 50 are the small_numbers and quickstart ranges). Every format's data is correct
+    # at every level: small_numbers' systematic *->+ in the code formats is NOT used, so the axis changes the
+    # numbers alone. 3 pretraining seeds per cell, the seed outermost so that the whole map of seed 0 lands first.
+    # Forced-format probes at both ends give each format's accuracy before RL; greedy answers to 100 problems
+    # every 8 steps between them.
+    Study("scale", "Which format wins after RL, over model size (1M, 3.7M, 12M parameters) x world difficulty "
+          "(numbers up to 20, 35, 50)? (3 pretraining seeds per cell)",
           "On the same mixture 150M models go to TinyGSM code, 1B models to natural language.",
-          "small_numbers",
-          # Each size with its pretraining rate: the 12M model at the tiny one's 3e-3 pretrained worse than the 1M
-          # model (val loss 0.284 vs 0.261, 2026-11-30), so it takes the paper's 1e-3.
-          ("model.preset+pretrain.lr=(olmo-tiny,3e-3),(olmo-small,3e-3),(olmo-12m,1e-3)",),
-          # the figure compares before and after RL on test: evaluating one split at the start and the end only
-          # (not two every 4 steps) is what keeps the three sizes within an hour on 2 cores
-          ("eval.datasets=[synthetic:test]", "rl.eval_every=24"), fig_scale),
+          "quickstart",
+          ("seed=0,1,2", _scale_sizes(),
+           "data.synthetic.max_number+data.synthetic.max_factor+data.synthetic.max_value=(20,5,100),(35,8,300),"
+           "(50,12,1000)"),
+          ("eval.datasets=[synthetic:test]", "eval.probe=true", "eval.between_greedy_only=true", "rl.eval_every=8"),
+          fig_scale, ("pass@1", "forced/tinygsm", "forced/omi1", "forced/text", "outside_winner"),
+          blocked=None if SCALE_RATES else "scale waits for its pretraining rates: run `echochamber study "
+          "scale_rates`, then set studies.SCALE_RATES from its study.json \"choice\""),
+    # The scale map's pretraining rates, by a rule fixed before either runs: each size pretrained on the
+    # quickstart world (the map's hardest level) with seed 0 at 1e-3 (the paper's), 3e-3 (the quickstart's) and
+    # 1e-2, for the full 1,200 steps the map's cells pretrain (a shorter pilot favours the larger rates: the 12M
+    # model at 3e-3 ended worse than at 1e-3, docs/studies.md "scale"); per size, the rate with the lowest
+    # validation loss at the end. The chosen models are the map's seed-0 models of that world (same settings,
+    # same key): copying pretrained/ and data/ into the map's folder reuses them.
+    PretrainPilot("scale_rates", "Which pretraining rate (1e-3, 3e-3, 1e-2) gives each model size its lowest "
+                  "validation loss on the quickstart world? (sets the scale map's rates)",
+                  "The paper pretrained its 150M and 1B models at one rate, 1e-3.",
+                  "quickstart", (f"model.preset={','.join(SCALE_SIZES)}", "pretrain.lr=1e-3,3e-3,1e-2"), (),
+                  by="model.preset", choose="pretrain.lr"),
 )}
-
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -181,7 +273,6 @@ def _groups(out: Path, entries: list[dict]) -> list[Group]:
     return groups
 
 
-
 def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict) -> dict:
     """study.json and report.html (the study's figure first) from the sweep's entries; returns study.json."""
     groups = _groups(out, entries)
@@ -191,11 +282,16 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
     diffs, moves = differences(results), changes(results, study.table)
     summary = {"study": study.name, "question": study.question, "paper": study.paper, **meta,
                "results": results, "result_lines": result_lines(results), "differences": diffs,
-               "changes": moves, "difference_lines": difference_lines(diffs, moves)}
+               "changes": moves, "difference_lines": difference_lines(diffs, moves),
+               "complete": all(g["finished"] == g["runs"] for g in results)}
     atomic_write_json(out / "study.json", summary)
-    tables = [("Results: before -> after RL, mean over seeds [95% bootstrap interval]", results_table(results, study.table)),
+    tables = [("Results: before -> after RL, mean over seeds [95% bootstrap interval]",
+               results_table(results, study.table)),
               ("Wrong greedy answers by error category (share of all answers), mean over seeds [95% interval]",
                error_table(results))]
+    if study.best_of:
+        tables.insert(0, (f"Each {study.best_of} at its best setting (highest mean greedy pass@1 after RL), after "
+                          f"RL, mean over seeds [95% interval]", best_table(results, study.best_of, study.table)))
     atomic_write_text(out / "results.md", "".join(f"### {title}\n\n{markdown(*t)}\n" for title, t in tables
                                                   if t[1]))
     lead = _embed(study.figure(groups, datasets[0]) if datasets else None, out, f"study_{study.name}",
@@ -214,21 +310,20 @@ def write_study_report(study: Study, out: Path, entries: list[dict], meta: dict)
     return summary
 
 
-
 def study_sweep(name: str, overrides: list[str] = (), config: str | None = None) -> tuple[str, list[str], list[str]]:
     """The study's sweep: (config, --grid specs, overrides for every cell)."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
     study = STUDIES[name]
+    if getattr(study, "blocked", None):
+        raise SweepError(study.blocked)
     return config or study.config, list(study.grid), [*study.overrides, *overrides]
-
 
 
 def dry_run_study(name: str, out: str | Path, overrides: list[str] = (), config: str | None = None) -> str:
     """`study NAME --dry-run`: the study's question, then its sweep's dry run (sweep.dry_run); writes nothing."""
     return f"study {name}: {STUDIES[name].question}\n" + sweep_dry_run(*study_sweep(name, overrides, config), out,
                                                                           title=f"study {name}")
-
 
 
 def run_study(name: str, out: str | Path, overrides: list[str] = (), config: str | None = None,
@@ -238,6 +333,13 @@ def run_study(name: str, out: str | Path, overrides: list[str] = (), config: str
     and the sweep's last job writes the study's report."""
     config, grid, overrides = study_sweep(name, overrides, config)
     t0 = time.perf_counter()
+    if isinstance(STUDIES[name], PretrainPilot):
+        if launcher is not None:
+            raise SweepError(f"{name} is a pretraining pilot: it runs here, one pretraining after another "
+                             f"(--launcher is for the studies that run RL)")
+        cells = run_pretraining(config, grid, overrides, out)
+        return finish_pilot(STUDIES[name], Path(out), cells, _meta(out, config, grid, overrides,
+                                                                   time.perf_counter() - t0))
     if launcher is None:
         entries = run_sweep(config, grid, overrides, out, progress=progress)
     else:
@@ -251,15 +353,11 @@ def run_study(name: str, out: str | Path, overrides: list[str] = (), config: str
     return finish_study(name, out, config, grid, overrides, time.perf_counter() - t0, entries)
 
 
-
 def finish_study(name: str, out: str | Path, config: str, grid: list[str], overrides: list[str], seconds: float,
                  entries: list[dict]) -> dict:
     """OUT/study.json and OUT/report.html from the sweep's entries; `seconds` adds to the study's wall time."""
     study, out = STUDIES[name], Path(out)
-    previous = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
-    meta = {"config": config, "grid": grid, "overrides": overrides, "git_commit": git_commit(),
-            "wall_seconds": previous.get("wall_seconds", 0.0) + seconds,
-            "invocations": previous.get("invocations", 0) + 1}
+    meta = _meta(out, config, grid, overrides, seconds)
     summary = write_study_report(study, out, entries, meta)
     print(f"study {name}: {study.question}", flush=True)
     for line in summary["result_lines"] + summary["difference_lines"]:
@@ -268,9 +366,57 @@ def finish_study(name: str, out: str | Path, config: str, grid: list[str], overr
     return summary
 
 
+def _meta(out: str | Path, config: str, grid: list[str], overrides: list[str], seconds: float) -> dict:
+    """What study.json records of how it ran; the wall time and the invocations add up over resumptions."""
+    path = Path(out) / "study.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    return {"config": config, "grid": grid, "overrides": overrides, "git_commit": git_commit(),
+            "wall_seconds": previous.get("wall_seconds", 0.0) + seconds,
+            "invocations": previous.get("invocations", 0) + 1}
+
+
+PILOT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>echochamber study: {name}</title>
+<style>{style}</style></head><body><h1>echochamber study: {name}</h1>{body}</body></html>
+"""
+
+
+def finish_pilot(pilot: PretrainPilot, out: Path, cells: list, meta: dict) -> dict:
+    """OUT/study.json, results.md and report.html of a pretraining pilot: each cell's validation loss, and what
+    its rule chose (decided for a group only once all its cells have finished)."""
+    results = [pretraining_result(c.name, {**c.overrides(), pilot.by: c.setting(pilot.by),
+                                           pilot.choose: c.setting(pilot.choose)},
+                                  c.pretrain_dir, str(c.pretrain_dir.relative_to(out))) for c in cells]
+    choice, lines = pilot.rule(results)
+    summary = {"study": pilot.name, "question": pilot.question, "paper": pilot.paper, **meta, "results": results,
+               "rule": f"per {pilot.by}, the {pilot.choose} with the lowest validation loss after pretraining",
+               "choice": choice, "result_lines": lines, "complete": all(r["finished"] for r in results)}
+    atomic_write_json(out / "study.json", summary)
+    header = ["cell", "validation loss at the end", "tokens/s (median)", "pretrained"]
+    rows = [[r["cell"], f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "—",
+             f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "—", r["pretrained"]] for r in results]
+    atomic_write_text(out / "results.md", f"### {summary['rule']}\n\n" + "".join(f"- {line}\n" for line in lines)
+                      + "\n" + markdown(header, rows))
+    figure = _embed(fig_pilot(results, pilot.by, pilot.choose, choice), out, f"study_{pilot.name}", pilot.question)
+    body = (f"<p><b>Question.</b> {html.escape(pilot.question)}</p><p><b>Rule.</b> {html.escape(summary['rule'])}"
+            f"</p>{figure}<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+            + _html_table(header, rows) + f"<p>Measured wall time: {meta['wall_seconds'] / 60:.1f} min over "
+            f"{meta['invocations']} invocation(s), commit {html.escape(str(meta['git_commit']))}.</p>")
+    atomic_write_text(out / "report.html", PILOT_PAGE.format(name=html.escape(pilot.name), style=STYLE, body=body))
+    print(f"study {pilot.name}: {pilot.question}", flush=True)
+    for line in lines:
+        print("  " + line, flush=True)
+    print(f"  wall time {meta['wall_seconds'] / 60:.1f} min; report: {out / 'report.html'}", flush=True)
+    return summary
+
 
 def describe() -> str:
     """`echochamber study list`."""
+    def status(s) -> str:
+        if isinstance(s, PretrainPilot):
+            return f"\n{'':<12} a pretraining pilot: its cells stop before RL; per {s.by}, the {s.choose} with the " \
+                   f"lowest validation loss"
+        return f"\n{'':<12} WAITING: {s.blocked}" if s.blocked else ""
+
     return "\n".join(f"{s.name:<12} {s.question}\n{'':<12} config {s.config}; grid {' x '.join(s.grid) or '(one cell)'}"
-                     + (f"; {' '.join(s.overrides)}" if s.overrides else "") for s in STUDIES.values())
+                     + (f"; {' '.join(s.overrides)}" if s.overrides else "") + status(s) for s in STUDIES.values())
 

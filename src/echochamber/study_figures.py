@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 from .intervals import summarize
 from .report import (Run, _color, _eval_series, _grid, _legend, _ordered, _step_axis, _union,
                      fig_sweep_format_shares, seed_band)
-from .study_results import Group, end_metrics, first_last, mean_shares, winner
+from .study_results import Group, common_pass1, end_metrics, first_last, mean_shares, winner
 
 
 def _band(ax, x, band, color: str, spread: bool, **kw) -> None:
@@ -28,11 +28,9 @@ def _band(ax, x, band, color: str, spread: bool, **kw) -> None:
         ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
 
 
-
 def fig_collapse(groups: list[Group], dataset: str) -> Figure | None:
     """The signature figure over seeds: format shares of greedy outputs and pass@1, mean and min-max band."""
     return fig_sweep_format_shares([(name, runs) for name, _, runs in groups], dataset, ncols=2)
-
 
 
 def _samples_per_step(run: Run) -> int:
@@ -43,12 +41,10 @@ def _samples_per_step(run: Run) -> int:
     return int(rl.get("prompts_per_step", 0)) * int(rl.get("samples_per_prompt", 0))
 
 
-
 def _top_share(per_label: dict[str, np.ndarray]) -> np.ndarray:
     """Per step, the largest share of any format (unknown excluded): 1.0 is a full collapse."""
     named = [v for lab, v in per_label.items() if lab != "unknown"]
     return np.nanmax(np.array(named), axis=0) if named else np.array([])
-
 
 
 def _winner_series(dataset: str) -> Callable[[Run], tuple]:
@@ -61,27 +57,69 @@ def _winner_series(dataset: str) -> Callable[[Run], tuple]:
     return get
 
 
-
 def fig_algorithms(groups: list[Group], dataset: str) -> Figure | None:
-    """pass@1 and the leading format's share against the samples drawn so far, one line per algorithm."""
+    """Greedy pass@1 (on the problems every evaluation answered) and the winning format's share against the
+    samples drawn so far: a colour per algorithm, a line style per learning rate (mean over seeds, band the 95%
+    interval)."""
     groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
     if not groups:
         return None
-    fig, axes = _grid(1, 2, f"{dataset}: the algorithms on one budget of samples (mean over seeds; band min-max)")
-    for i, (name, values, runs) in enumerate(groups):
-        color = f"C{i % 10}"
-        steps, won, acc = seed_band(runs, _winner_series(dataset))
-        x = steps * _samples_per_step(runs[0])
-        for ax, band in zip(axes[0], (acc, won["winner"])):
-            _band(ax, x, band, color, len(runs) > 1, label=name)
-    for ax, title in zip(axes[0], ("greedy pass@1", "share of the winning format (greedy outputs)")):
+    algos = list(dict.fromkeys(str(v.get("rl.algo", name)) for name, v, _ in groups))
+    rates = list(dict.fromkeys(str(v.get("rl.lr", "")) for _, v, _ in groups))
+    styles = ("-", "--", ":", "-.")
+    fig, axes = _grid(1, 2, f"{dataset}: the algorithms on one budget of samples (line: mean over seeds; band: 95% "
+                            f"interval)")
+    share = _winner_series(dataset)
+
+    def winner_share(run: Run) -> dict[int, float]:
+        steps, per_label, _ = share(run)
+        return dict(zip(steps.tolist(), per_label["winner"].tolist()))
+
+    for name, values, runs in groups:
+        color = f"C{algos.index(str(values.get('rl.algo', name))) % 10}"
+        style = styles[rates.index(str(values.get("rl.lr", ""))) % len(styles)]
+        for ax, get in zip(axes[0], (lambda r: common_pass1(r, dataset), winner_share)):
+            steps, mean, lo, hi = _interval_curves(runs, get)
+            _band(ax, steps * _samples_per_step(runs[0]), (mean, lo, hi), color, len(runs) > 1, ls=style)
+    for ax, title in zip(axes[0], ("greedy pass@1 (the problems every evaluation answered)",
+                                   "share of the winning format (greedy outputs)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("samples drawn in RL")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
+    _legend(fig, [Line2D([], [], color=f"C{i % 10}", lw=1.8, label=a) for i, a in enumerate(algos)]
+            + ([Line2D([], [], color="0.3", ls=styles[j % len(styles)], label=f"rate {j + 1} of {len(rates)}")
+                for j in range(len(rates))] if len(rates) > 1 else []))
+    return fig
+
+
+def fig_ppo_critic(groups: list[Group], dataset: str) -> Figure | None:
+    """PPO's critic, per arm (a colour each; mean over seeds, band the 95% interval): greedy pass@1 over steps, the
+    critic's value mean (solid) against the reward mean (dashed) over steps, and its value-clip fraction."""
+    groups = [g for g in groups if g[2]]
+    if not groups:
+        return None
+    fig, axes = _grid(1, 3, "PPO's critic: pass@1, the value it predicts against the reward, and value clipping")
+    series = ((0, lambda r: common_pass1(r, dataset), "-"), (1, lambda r: _metric(r, "critic/value_mean"), "-"),
+              (1, lambda r: _metric(r, "reward_mean"), "--"), (2, lambda r: _metric(r, "critic/value_clip_frac"), "-"))
+    for i, (name, _, runs) in enumerate(groups):
+        for panel, get, style in series:
+            steps, mean, lo, hi = _interval_curves(runs, get)
+            if len(steps):
+                _band(axes[0][panel], steps, (mean, lo, hi), f"C{i % 10}", len(runs) > 1, ls=style)
+    titles = ("greedy pass@1 (the problems every evaluation answered)", "value mean (solid) vs reward mean (dashed)",
+              "value-clip fraction")
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=10)
+        _step_axis(ax, [r for _, _, rs in groups for r in rs])
+        ax.grid(alpha=0.3)
     _legend(fig, [Line2D([], [], color=f"C{i % 10}", lw=1.8, label=g[0]) for i, g in enumerate(groups)])
     return fig
 
+
+def _metric(run: Run, key: str) -> dict[int, float]:
+    """{step: value} of one metrics.jsonl key over the run's RL steps (steps without it left out)."""
+    return {m["step"]: m[key] for m in run.metrics if m.get(key) is not None}
 
 
 def _end_values(groups: list[Group], dataset: str, metric: str, when: str = "after") -> list[list[float]]:
@@ -93,7 +131,6 @@ def _end_values(groups: list[Group], dataset: str, metric: str, when: str = "aft
     return out
 
 
-
 def _dots_and_interval(ax, x: float, vals: list[float], color: str, **kw) -> None:
     """Each seed's value as a dot, their mean as a diamond with its 95% bootstrap interval as an error bar."""
     s = summarize(vals)
@@ -102,7 +139,6 @@ def _dots_and_interval(ax, x: float, vals: list[float], color: str, **kw) -> Non
     ax.scatter([x] * len(vals), vals, color=color, s=12, alpha=0.5, lw=0)
     ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - s["lo"]], [s["hi"] - s["mean"]]], color=color, marker="D",
                 ms=6, capsize=4, lw=1.5, **kw)
-
 
 
 def fig_kl(groups: list[Group], dataset: str) -> Figure | None:
@@ -131,7 +167,6 @@ def fig_kl(groups: list[Group], dataset: str) -> Figure | None:
     return fig
 
 
-
 def _interval_curves(runs: list[Run], get: Callable[[Run], dict[int, float]]) -> tuple[np.ndarray, ...]:
     """steps, mean, lo, hi of a per-step value over runs (95% bootstrap interval of the mean at each step; a run
     lacking a step is left out there)."""
@@ -139,7 +174,6 @@ def _interval_curves(runs: list[Run], get: Callable[[Run], dict[int, float]]) ->
     steps = sorted({s for d in per_run for s in d})
     sums = [summarize(d.get(s) for d in per_run) for s in steps]
     return (np.array(steps),) + tuple(np.array([m[key] if m else np.nan for m in sums]) for key in ("mean", "lo", "hi"))
-
 
 
 def fig_long(groups: list[Group], dataset: str) -> Figure | None:
@@ -176,7 +210,6 @@ def fig_long(groups: list[Group], dataset: str) -> Figure | None:
     return fig
 
 
-
 def fig_failure(groups: list[Group], dataset: str) -> Figure | None:
     """Left: greedy format shares before and after RL per mixture; right: each format's forced accuracy (probes)
     before and after RL, the accuracy RL could have chosen (seeds as dots; mean and 95% interval)."""
@@ -202,7 +235,6 @@ def fig_failure(groups: list[Group], dataset: str) -> Figure | None:
     _legend(fig, [Patch(color=_color(lab), label=lab) for lab in _ordered(seen | set(fmts))]
             + [Line2D([], [], color="black", marker="D", lw=0, label="greedy pass@1")])
     return fig
-
 
 
 def fig_refinement(groups: list[Group], dataset: str) -> Figure | None:
@@ -245,13 +277,11 @@ def fig_refinement(groups: list[Group], dataset: str) -> Figure | None:
     return fig
 
 
-
 def _stacked_bars(ax, x: float, shares: dict[str, float], width: float = 0.35) -> None:
     bottom = 0.0
     for lab in _ordered(shares):
         ax.bar(x, shares[lab], bottom=bottom, color=_color(lab), width=width)
         bottom += shares[lab]
-
 
 
 def _before_after_on(ax, groups: list[Group], dataset: str, xlabels: list[str]) -> set[str]:
@@ -273,7 +303,6 @@ def _before_after_on(ax, groups: list[Group], dataset: str, xlabels: list[str]) 
     return seen
 
 
-
 def _before_after_bars(groups: list[Group], dataset: str, title: str, xlabels: list[str]) -> Figure | None:
     """One pair of stacked bars per group: greedy format shares before RL and after, pass@1 marked on each."""
     groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
@@ -286,32 +315,64 @@ def _before_after_bars(groups: list[Group], dataset: str, title: str, xlabels: l
     return fig
 
 
-
 def fig_mixture(groups: list[Group], dataset: str) -> Figure | None:
     return _before_after_bars(groups, dataset, f"{dataset}: format shares before and after RL, per pretraining mixture",
                               [str(v.get("data.mixture", name)) for name, v, _ in groups])
 
 
-
-def fig_scale(groups: list[Group], dataset: str) -> Figure | None:
+def _size_label(values: dict, runs: list[Run]) -> str:
+    """'olmo-12m, 11.9M params, lr 0.001': the preset, its parameter count (at the run's vocabulary) and rate."""
     import torch
 
     from .model import OLMo, ModelConfig
 
-    def label(values: dict, runs: list[Run]) -> str:
-        model = runs[0].config.get("model", {}) if runs else {}
-        vocab = int(runs[0].config.get("data", {}).get("vocab_size", 1024)) if runs else 1024
-        try:
-            with torch.device("meta"):  # the count without allocating the weights
-                n = OLMo(ModelConfig(**{**model, "vocab_size": vocab})).num_params()
-            lr = runs[0].config.get("pretrain", {}).get("lr") if runs else None
-            return f"{values.get('model.preset', '')}\n{n / 1e6:.1f}M params" + (f", lr {lr:g}" if lr else "")
-        except (TypeError, ValueError):
-            return str(values.get("model.preset", ""))
+    model = runs[0].config.get("model", {}) if runs else {}
+    vocab = int(runs[0].config.get("data", {}).get("vocab_size", 1024)) if runs else 1024
+    try:
+        with torch.device("meta"):  # the count without allocating the weights
+            n = OLMo(ModelConfig(**{**model, "vocab_size": vocab})).num_params()
+    except (TypeError, ValueError):
+        return str(values.get("model.preset", ""))
+    lr = runs[0].config.get("pretrain", {}).get("lr") if runs else None
+    return f"{values.get('model.preset', '')}\n{n / 1e6:.1f}M params" + (f", lr {lr:g}" if lr else "")
 
-    return _before_after_bars(groups, dataset, f"{dataset}: which format wins at each model size?",
-                              [label(v, runs) for _, v, runs in groups])
 
+CODE_FORMATS = ("tinygsm", "omi1")
+
+
+def fig_scale(groups: list[Group], dataset: str) -> Figure | None:
+    """The scale map: a cell per model size (rows) and world difficulty (columns, the largest number a question
+    states). Its colour is the forced-accuracy gap before RL, text minus the better code format (probes; mean over
+    seeds): blue where text is the more accurate format, red where code is. Its text: the format that wins after
+    RL in most seeds (and in how many), and greedy pass@1 before -> after (means)."""
+    groups = [g for g in groups if any(dataset in r.datasets for r in g[2])]
+    if not groups:
+        return None
+    sizes = list(dict.fromkeys(str(v.get("model.preset", "")) for _, v, _ in groups))
+    levels = sorted({int(v.get("data.synthetic.max_number", 0)) for _, v, _ in groups})
+    gap = np.full((len(sizes), len(levels)), np.nan)
+    fig, axes = _grid(1, 1, f"{dataset}: which format wins after RL, by model size and world difficulty")
+    ax = axes[0, 0]
+    labels = {}
+    for _, values, runs in groups:
+        row, col = sizes.index(str(values.get("model.preset", ""))), levels.index(int(values.get(
+            "data.synthetic.max_number", 0)))
+        labels[row] = _size_label(values, runs)
+        before, after, winners = end_metrics(runs, dataset)
+        gaps = [m["forced/text"] - max(m[f"forced/{f}"] for f in CODE_FORMATS) for m in before
+                if "forced/text" in m and all(f"forced/{f}" in m for f in CODE_FORMATS)]
+        gap[row, col] = np.mean(gaps) if gaps else np.nan
+        counts = {w: winners.count(w) for w in dict.fromkeys(winners)}
+        top = max(counts, key=counts.get) if counts else None
+        text = (f"{top or '—'} {counts.get(top, 0)}/{len(winners)}\n"
+                f"{np.mean([m['pass@1'] for m in before]):.0%} -> {np.mean([m['pass@1'] for m in after]):.0%}")
+        ax.text(col, row, text, ha="center", va="center", fontsize=9)
+    image = ax.imshow(gap, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax, label="forced accuracy before RL: text - the better code format")
+    ax.set_xticks(range(len(levels)), [f"numbers up to {n}" for n in levels])
+    ax.set_yticks(range(len(sizes)), [labels.get(i, s) for i, s in enumerate(sizes)])
+    ax.set_xlabel("world difficulty (data.synthetic.max_number; max_factor and max_value move with it)")
+    return fig
 
 
 def fig_transfer(groups: list[Group], dataset: str) -> Figure | None:
@@ -332,3 +393,40 @@ def fig_transfer(groups: list[Group], dataset: str) -> Figure | None:
     _legend(fig, [Line2D([], [], color=f"C{i}", lw=1.8, label=ds) for i, ds in enumerate(datasets)])
     return fig
 
+
+
+def fig_pilot(results: list[dict], by: str, choose: str, choice: dict) -> Figure | None:
+    """A pretraining pilot: left, each cell's validation loss over pretraining steps (a colour per `by` value, a
+    line style per `choose` value); right, the loss at the end against `choose`, the rule's choice ringed."""
+    drawn = [r for r in results if r["val_loss_curve"]]
+    if not drawn:
+        return None
+    keys = list(dict.fromkeys(str(r["values"][by]) for r in results))
+    options = sorted({r["values"][choose] for r in results})
+    styles = ("-", "--", ":", "-.")
+    fig, axes = _grid(1, 2, f"Pretraining pilot: validation loss per {by} and {choose} (ringed: the rule's choice)")
+    left, right = axes[0]
+    for r in drawn:
+        color = f"C{keys.index(str(r['values'][by])) % 10}"
+        steps, losses = zip(*r["val_loss_curve"])
+        left.plot(steps, losses, color=color, ls=styles[options.index(r["values"][choose]) % len(styles)], lw=1.5)
+    for i, key in enumerate(keys):
+        rs = sorted((r for r in drawn if str(r["values"][by]) == key and r["finished"]),
+                    key=lambda r: r["values"][choose])
+        if rs:
+            right.plot([r["values"][choose] for r in rs], [r["val_loss"] for r in rs], color=f"C{i % 10}",
+                       marker="o", lw=1.5)
+        if key in choice:
+            best = next(r for r in rs if r["values"][choose] == choice[key])
+            right.scatter([choice[key]], [best["val_loss"]], s=160, facecolors="none", edgecolors=f"C{i % 10}", lw=2)
+    left.set_xlabel("pretraining step")
+    left.set_title("validation loss", fontsize=10)
+    right.set_xscale("log")
+    right.set_xlabel(choose)
+    right.set_title("validation loss at the end", fontsize=10)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    _legend(fig, [Line2D([], [], color=f"C{i % 10}", lw=1.8, label=k) for i, k in enumerate(keys)]
+            + [Line2D([], [], color="0.3", ls=styles[j % len(styles)], label=f"{choose}={v:g}")
+               for j, v in enumerate(options)])
+    return fig

@@ -9,19 +9,21 @@ print.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 
 from .intervals import percent, separated, summarize
 from .report import Run, _union
+from .runio import read_jsonl, read_metrics
 
 Group = tuple[str, dict, list[Run]]  # (name, the group's non-seed grid values, its runs)
-
 
 
 def winner(shares: dict) -> str | None:
     """The format with the largest share (unknown is no format): what a run collapses onto."""
     return max((lab for lab in shares if lab != "unknown"), key=lambda lab: shares[lab], default=None)
-
 
 
 def first_last(runs: list[Run], dataset: str) -> tuple[list[dict], list[dict]]:
@@ -30,31 +32,55 @@ def first_last(runs: list[Run], dataset: str) -> tuple[list[dict], list[dict]]:
     return [rs[0] for rs in recs if rs], [rs[-1] for rs in recs if rs]
 
 
-
 def mean_shares(recs: list[dict]) -> dict[str, float]:
     """Mean over evaluation records of their greedy format shares."""
     return {lab: float(np.mean([d["format_share"].get(lab, 0.0) for d in recs]))
             for lab in _union(d["format_share"] for d in recs)}
 
 
-
 def end_metrics(runs: list[Run], dataset: str) -> tuple[list[dict], list[dict], list[str | None]]:
     """Each run's record_metrics at its first and its last evaluation of `dataset` (runs never evaluated on it
     are left out), and each run's winner (its largest greedy share at the last)."""
+    runs = [r for r in runs if any(dataset in e.get("datasets", {}) for e in r.evals)]
     first, last = first_last(runs, dataset)
     winners = [winner(d["format_share"]) for d in last]
     return ([record_metrics(d, w) for d, w in zip(first, winners)],
-            [record_metrics(d, w) for d, w in zip(last, winners)], winners)
+            [{**record_metrics(d, w), **run_course(r, dataset)} for r, d, w in zip(runs, last, winners)], winners)
 
+
+def common_pass1(run: Run, dataset: str) -> dict[int, float]:
+    """Greedy pass@1 at every evaluation of `dataset`, on the problems every one of them answered: RL's
+    evaluations between the ends take the first eval.n_problems_between problems and the ends all of them, so
+    this is the one curve on one set of problems (read from eval/step_N/DATASET_greedy.jsonl)."""
+    answered = {}
+    for e in run.evals:
+        path = run.path / "eval" / f"step_{e['step']:06d}" / f"{dataset}_greedy.jsonl"
+        if dataset in e.get("datasets", {}) and path.exists():
+            answered[e["step"]] = {row["id"]: bool(row["correct"]) for row in read_jsonl(path)}
+    common = set.intersection(*map(set, answered.values())) if answered else set()
+    return {step: float(np.mean([rows[i] for i in common])) for step, rows in answered.items()} if common else {}
+
+
+def run_course(run: Run, dataset: str) -> dict[str, float]:
+    """What happened over the run, beside its last evaluation: the peak of greedy pass@1 (common_pass1) and its
+    fall from there to the end (stability: 0 for a run that ends at its best), and the step at which it
+    collapsed onto its winner (collapse_timing; absent if it did not)."""
+    curve = common_pass1(run, dataset)
+    out = {}
+    if curve:
+        peak = max(curve.values())
+        out.update({"peak_pass@1": peak, "fall_from_peak": peak - curve[max(curve)]})
+    collapse = collapse_timing(run, dataset)["collapse_step"]
+    if collapse is not None:
+        out["collapse_step"] = float(collapse)
+    return out
 
 
 COLLAPSED = 0.9  # a run has collapsed once one format holds this share of its greedy outputs
 
 
-
 # The numbers compared between groups of a study (study.json "differences"): each after RL, mean over seeds.
 COMPARED = ("pass@1", "pass@k", "outside_winner_sampled", "outside_winner")
-
 
 
 def collapse_timing(run: Run, dataset: str) -> dict:
@@ -69,7 +95,6 @@ def collapse_timing(run: Run, dataset: str) -> dict:
     collapse = next((s for i, (s, _) in enumerate(recs) if all(held[i:])), None)
     gains = [(b[1]["pass@1"] - a[1]["pass@1"], b[0]) for a, b in zip(recs, recs[1:])]
     return {"collapse_step": collapse, "largest_gain_step": max(gains)[1] if gains else None}
-
 
 
 def record_metrics(rec: dict, won: str | None) -> dict[str, float]:
@@ -101,12 +126,10 @@ def record_metrics(rec: dict, won: str | None) -> dict[str, float]:
     return out
 
 
-
 def _summaries(per_run: list[dict[str, float]]) -> dict[str, dict]:
     """{metric: intervals.summarize over the runs that have it}, metrics in first-seen order."""
     keys = list(dict.fromkeys(k for m in per_run for k in m))
     return {k: summarize(m.get(k) for m in per_run) for k in keys}
-
 
 
 def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict:
@@ -128,12 +151,10 @@ def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict
             "timing_per_run": [collapse_timing(r, dataset) for r in runs]}
 
 
-
 def _run_seed(run: Run) -> int | None:
     """The seed that drove the run's RL (rl.seed, else the top-level seed), from its recorded config."""
     rl_seed = run.config.get("rl", {}).get("seed")
     return rl_seed if rl_seed is not None else run.config.get("seed")
-
 
 
 def differences(results: list[dict]) -> list[dict]:
@@ -153,7 +174,6 @@ def differences(results: list[dict]) -> list[dict]:
     return out
 
 
-
 def changes(results: list[dict], metrics: tuple[str, ...]) -> list[dict]:
     """Per group and each of `metrics` it has before and after RL: the two means, the change, and whether it is
     established (the intervals over seeds do not overlap; where the seeds share one pretrained model the value
@@ -166,7 +186,6 @@ def changes(results: list[dict], metrics: tuple[str, ...]) -> list[dict]:
                 out.append({"dataset": g["dataset"], "group": g["group"], "metric": m, "before": b["mean"],
                             "after": a["mean"], "change": a["mean"] - b["mean"], "established": separated(b, a)})
     return out
-
 
 
 def result_lines(results: list[dict]) -> list[str]:
@@ -187,7 +206,6 @@ def result_lines(results: list[dict]) -> list[str]:
     return lines
 
 
-
 def difference_lines(diffs: list[dict], moves: list[dict] = ()) -> list[str]:
     """The established differences between groups and changes through RL, one line each; then how many were
     compared and not established."""
@@ -206,7 +224,6 @@ def difference_lines(diffs: list[dict], moves: list[dict] = ()) -> list[str]:
     return lines
 
 
-
 def _cell(s: dict | None) -> str:
     """A number with its interval: shares as percent, other numbers (lengths, counts) as they are."""
     if not s:
@@ -216,17 +233,16 @@ def _cell(s: dict | None) -> str:
     return f"{s['mean']:.2f}" + (f" [{s['lo']:.2f}, {s['hi']:.2f}]" if s["n"] > 1 else "")
 
 
-
 def results_table(results: list[dict], metrics: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
     """(header, rows): per group and dataset, its seeds and each metric before -> after RL, mean [95% interval];
     metrics no group has are left out."""
     metrics = [m for m in metrics if any(g["before"].get(m) or g["after"].get(m) for g in results)]
     header = ["group", "dataset", "seeds", *metrics, "winner per seed"]
     rows = [[g["group"], g["dataset"], str(g["runs"]),
-             *(f"{_cell(g['before'].get(m))} -> {_cell(g['after'].get(m))}" for m in metrics),
+             *(f"{_cell(g['before'].get(m))} -> {_cell(g['after'].get(m))}" if g["before"].get(m)
+               else _cell(g["after"].get(m)) for m in metrics),
              ", ".join(w or "—" for w in g["winner_per_run"])] for g in results]
     return header, rows
-
 
 
 def error_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -242,6 +258,63 @@ def error_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["group", "dataset", "", *cats], rows
 
 
-
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows]) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------- pilots
+def pretraining_result(name: str, values: dict, pretrain_dir: Path, shown_as: str) -> dict:
+    """One pilot cell's pretraining as its metrics.jsonl holds it: the validation loss at every evaluation and at
+    the last, the median throughput, whether it finished (its model/ folder)."""
+    recs = read_metrics(pretrain_dir) if (pretrain_dir / "metrics.jsonl").exists() else []
+    curve = [[r["step"], r["val_loss"]] for r in recs if r.get("val_loss") is not None]
+    speeds = [r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]
+    return {"cell": name, "values": values, "pretrained": shown_as, "finished": (pretrain_dir / "model").is_dir(),
+            "val_loss": curve[-1][1] if curve else None, "val_loss_curve": curve,
+            "tokens_per_s": float(np.median(speeds)) if speeds else None}
+
+
+def lowest_val_loss(by: str, choose: str) -> Callable[[list[dict]], tuple[dict, list[str]]]:
+    """A pilot's rule: for each value of `by` (e.g. model.preset), the value of `choose` (e.g. pretrain.lr) whose
+    pretraining ended with the lowest validation loss; decided only once every cell of that group has finished.
+    Returns the rule as a function of the pilot's results: ({by value: chosen value}, one line per group)."""
+    def rule(results: list[dict]) -> tuple[dict, list[str]]:
+        groups: dict = {}
+        for r in results:
+            groups.setdefault(str(r["values"][by]), []).append(r)
+        choice, lines = {}, []
+        for key, rs in groups.items():
+            losses = ", ".join(f"{r['values'][choose]:g}: " + (f"{r['val_loss']:.4f}" if r["finished"] else "not "
+                                                                 "finished") for r in rs)
+            if not all(r["finished"] and r["val_loss"] is not None for r in rs):
+                lines.append(f"{by}={key}: not decided, {sum(r['finished'] for r in rs)} of {len(rs)} finished "
+                             f"({losses})")
+                continue
+            best = min(rs, key=lambda r: r["val_loss"])
+            choice[key] = best["values"][choose]
+            lines.append(f"{by}={key}: {choose}={best['values'][choose]:g} (validation loss after pretraining: "
+                         f"{losses})")
+        return choice, lines
+    return rule
+
+
+def best_of(results: list[dict], key: str, metric: str = "pass@1") -> list[dict]:
+    """For each value of grid key `key` (e.g. rl.algo), its group with the highest mean `metric` after RL among
+    the groups with that value (e.g. the algorithm's best learning rate), per dataset. A choice by the same seeds
+    it reports is biased upward (the best of three noisy means); the table says which setting won, and the
+    curves of all of them stay in the report."""
+    best: dict[tuple, dict] = {}
+    for g in results:
+        if key not in g["values"] or not g["after"].get(metric):
+            continue
+        slot = (g["dataset"], str(g["values"][key]))
+        if slot not in best or g["after"][metric]["mean"] > best[slot]["after"][metric]["mean"]:
+            best[slot] = g
+    return list(best.values())
+
+
+def best_table(results: list[dict], key: str, metrics: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): best_of's groups, the setting that won and each metric after RL, mean [95% interval]."""
+    rows = [[str(g["values"][key]), g["dataset"], ", ".join(f"{k}={v}" for k, v in g["values"].items() if k != key),
+             str(g["runs"]), *(_cell(g["after"].get(m)) for m in metrics)] for g in best_of(results, key)]
+    return [key, "dataset", "at its best setting", "seeds", *metrics], rows
