@@ -24,8 +24,10 @@ def test_quickstart_smoke_runs_every_stage(tmp_path):
     assert sorted(p.name for p in (rl / "rollouts").iterdir()) == [f"step_{i:06d}.jsonl" for i in (1, 2, 3)]
     evals = sorted(p.name for p in (rl / "eval").glob("step_*.json"))
     assert evals == ["step_000000.json", "step_000002.json", "step_000003.json"]
-    first = json.loads((rl / "eval" / "step_000000.json").read_text())["datasets"]["synthetic_test"]
+    step0 = json.loads((rl / "eval" / "step_000000.json").read_text())
+    first = step0["datasets"]["synthetic_test"]
     assert {"pass@1", "pass@k", "maj@k", "format_share", "format_acc"} <= set(first)
+    assert 0 < step0["seconds"]["synthetic_test"] <= step0["seconds"]["total"]  # where a cell's time goes
     for summary in (json.loads((rl / "summary.json").read_text()), json.loads((out / "summary.json").read_text())):
         for key in ("pass1_before", "pass1_after"):
             assert 0.0 <= summary[key] <= 1.0

@@ -36,11 +36,17 @@ def test_resume_equals_straight_run(tmp_path, data_dir):
     pretrain(tiny_cfg(tmp_path / "b", *common, "pretrain.stop_at=4"), tmp_path / "b" / "pretrain", progress=False)
     assert not (tmp_path / "b" / "pretrain" / "model").exists()  # stopped, not finished
     assert json.loads((tmp_path / "b" / "pretrain" / "checkpoints" / "latest.json").read_text())["step"] == 4
+    stopped_wall = torch.load(tmp_path / "b" / "pretrain" / "checkpoints" / "step_000004" / "trainer_state.pt",
+                              weights_only=False)["wall_seconds"]
     resumed = pretrain(tiny_cfg(tmp_path / "b", *common), tmp_path / "b" / "pretrain", progress=False)
 
     a, b = losses(tmp_path / "a" / "pretrain"), losses(tmp_path / "b" / "pretrain")
     assert [s for s, _ in a] == list(range(1, 9)) and [s for s, _ in b] == list(range(1, 9))
     assert [l for _, l in a] == [l for _, l in b]  # loss for loss, bit for bit
+    # the wall time since the pretraining began goes on across the resumption, from the checkpoint's
+    walls = [r["time/wall"] for r in read_metrics(tmp_path / "b" / "pretrain")]
+    assert len(walls) == 8 and all(w > 0 for w in walls) and walls[4] > walls[3]
+    assert 0 < stopped_wall <= walls[4]
     from safetensors.torch import load_file
 
     sa, sb = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")

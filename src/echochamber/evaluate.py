@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -252,18 +253,25 @@ def evaluate(model: OLMo, tok: Tokenizer, cfg, *, step: int, out_root: Path, poo
     model.eval()
     # One bf16 copy of the weights serves every sampler call of this evaluation (not one per call).
     sampler_model = sampling_model(model, SampleConfig(dtype=ecfg.sample_dtype))
-    results = {}
+    results, seconds, t0 = {}, {}, time.perf_counter()
     for spec in ecfg.datasets:
         name = spec.replace(":", "_")
         problems = load_dataset(spec, ecfg.n_problems if n_problems is None else n_problems, cfg, ecfg.data_path)
+        t = time.perf_counter()
         results[name] = evaluate_dataset(sampler_model, tok, problems, ecfg, seed=cfg.seed, out_dir=step_dir,
                                          name=name, pool=pool, progress=progress, ctx=ctx, free_bytes=free_bytes)
+        seconds[name] = time.perf_counter() - t
         if ecfg.probe:
+            t = time.perf_counter()
             results[name]["probe"] = forced.probe_dataset(sampler_model, tok, problems, ecfg, seed=cfg.seed,
                                                           unforced=results[name], pool=pool, out_dir=step_dir,
                                                           prefix=f"{name}_", progress=progress, ctx=ctx)
+            seconds[f"{name}/probe"] = time.perf_counter() - t
     model.train(was_training)
-    summary = {"step": step, **(extra or {}), "datasets": results}
+    # Wall times beside the results, not in them: where a study cell's time goes (bench/cell_time.py), while two
+    # runs with equal results still have equal "datasets".
+    summary = {"step": step, **(extra or {}), "datasets": results,
+               "seconds": {**seconds, "total": time.perf_counter() - t0}}
     if ctx is None or ctx.is_main:
         atomic_write_json(out_root / f"step_{step:06d}.json", summary)
     return summary

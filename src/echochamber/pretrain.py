@@ -152,6 +152,8 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
     state = start_or_resume(run_dir, cfg, "pretrain", model, opt, device=device, ctx=ctx,
                             allow_config_change=allow_config_change, sharded=sharded)
     step, next_row = (state["step"], state["next_row"]) if state else (0, 0)
+    # Wall time since the pretraining began, over every resumption (a checkpoint carries it; older ones: 0).
+    t_start, wall_before = time.perf_counter(), (state or {}).get("wall_seconds", 0.0)
 
     def savable() -> tuple[OLMo | None, dict]:
         """The model and optimizer state as one process holds them (FSDP: gathered onto rank 0, a collective
@@ -216,6 +218,7 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
             now = time.perf_counter()
             record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm,
                       "tokens": next_row * train.seq_len, "tokens_per_s": tokens_since / (now - t_last),
+                      "time/wall": wall_before + now - t_start,
                       "threads": torch.get_num_threads()}  # (cpu.rebalance may change it between steps)
             t_last, tokens_since = now, 0
         if step % pcfg.eval_every == 0 or step == pcfg.max_steps:
@@ -230,7 +233,8 @@ def _pretrain(cfg, out_dir: Path, ctx, progress: bool, allow_config_change: bool
         if step % pcfg.ckpt_every == 0 or step == last_step:
             whole, opt_state = savable()
             if ctx.is_main:
-                save_checkpoint(ckpt_root, whole, {"step": step, "next_row": next_row, **trainer_state(opt_state)},
+                save_checkpoint(ckpt_root, whole, {"step": step, "next_row": next_row, **trainer_state(opt_state),
+                                                   "wall_seconds": wall_before + time.perf_counter() - t_start},
                                 pcfg.keep_checkpoints)
             dist.barrier(ctx)
     bar.close()
