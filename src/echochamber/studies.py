@@ -6,7 +6,9 @@
 A study is a sweep (sweep.py) with fixed settings, plus a report whose FIRST figure answers the study's question:
 
     collapse     does RL collapse the outputs onto one pretraining format, with the pass@1 jump? (3 seeds)
-    algorithms   PPO vs GRPO vs Expert Iteration on the same budget of samples (3 RL seeds)
+    algorithms   GRPO vs PPO vs Expert Iteration on one budget of samples, each at its best of three rates
+                 (3 RL seeds; PPO's critic rate from ppo_critic)
+    ppo_critic   PPO's critic at 1x, 3x, 7x the actor's rate, log-probs at 0.7, no whitening (3 RL seeds)
     kl           PPO's KL coefficient 0 / 0.01 / 0.1 / 0.3 / 1 (k1 in the reward): do minority formats survive, at
                  what cost in pass@1? (3 RL seeds; its length set by kl_pilot, one 96-step run and a fixed rule)
     long         4x the quickstart's GRPO steps: does pass@k at large k fall late while pass@1 rises? (3 RL seeds)
@@ -16,8 +18,12 @@ A study is a sweep (sweep.py) with fixed settings, plus a report whose FIRST fig
     mixture      the same model on mixtures with other repeat factors: does the winner move? (3 seeds)
     transfer     RL on train, evaluated on splits it never saw: unseen names, larger amounts, one more step
     interpreter  the collapse study with a real interpreter writing <llm-code-output> during generation
-    scale        models of about 1M, 4M and 12M parameters (each with its pretraining rate) on the small-number
-                 world: which format wins at each size?
+    scale        the map: which format wins over model size (1M, 3.7M, 12M) x world difficulty (numbers up to 20,
+                 35, 50)? (3 pretraining seeds; each size's rate from scale_rates)
+    scale_rates  a pretraining pilot: per size, the pretraining rate with the lowest validation loss
+
+A study whose grid waits for a pilot's choice refuses to run until it is filled in (Study.blocked). A
+pretraining pilot (PretrainPilot) stops its cells before RL and applies its rule to their validation losses.
 
 DIR is the sweep's folder (DIR/sweep.json, DIR/cells/, DIR/pretrained/), so an interrupted study resumes by
 running the same command again, and finished cells are skipped. The study adds:
