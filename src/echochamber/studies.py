@@ -63,8 +63,8 @@ from .report import STYLE, _embed, _html_table, _union, load_run, write_sweep_re
 from .runio import atomic_write_json, atomic_write_text, git_commit
 from .study_figures import (fig_algorithms, fig_collapse, fig_failure, fig_kl, fig_long, fig_mixture,
                             fig_pilot, fig_ppo_critic, fig_refinement, fig_scale, fig_transfer)
-from .study_results import (Group, changes, difference_lines, differences, error_table, group_result,
-                            best_table, lowest_val_loss, markdown, pretraining_result, result_lines, results_table)
+from .study_results import (Group, best_table, changes, difference_lines, differences, error_table, group_result,
+                            lowest_val_loss, markdown, pretraining_result, result_lines, results_table)
 from .sweep import SweepError, dry_run as sweep_dry_run, group_over_seeds, is_seed_key, run_pretraining, run_sweep
 
 
