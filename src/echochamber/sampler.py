@@ -208,7 +208,6 @@ def generate(model: OLMo, prompts: list[list[int]], cfg: SampleConfig, *, eos_id
     compiled = use_compile(cfg, N, device)
     min_rows = MIN_COMPILED_ROWS if compiled else 1  # dropping stopped rows never shrinks the batch below this
     kv_dtype = cache_dtype(amp, device.type, compiled, model.wte.weight.dtype)
-    bf16_cache = kv_dtype == torch.bfloat16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     # Distinct prompts, each prefilled once; row r of the sampling batch continues prompt r // n.
