@@ -200,3 +200,21 @@ def test_the_critic_runs_at_the_actors_rate_down_to_its_own_floor():
     assert alg.critic_opt.param_groups[0]["lr"] == 2e-3
     with pytest.raises(ValueError, match="critic_min_lr"):
         ppo(True, critic_lr=1e-4, critic_min_lr=2e-4)
+
+
+def test_a_frozen_actor_waits_its_rollouts_while_the_critic_learns_and_both_schedules_run_on():
+    from echochamber.training import cosine_lr
+
+    alg, roll = ppo(True, freeze_actor_steps=1)
+    actor = [p.detach().clone() for p in alg.policy.parameters()]
+    critic = alg.critic.value_head.weight.detach().clone()
+    plan = alg.plan(roll, torch.Generator().manual_seed(0))
+    alg.advantages(roll, plan)
+    stats = alg.update(roll, plan)
+    assert all(torch.equal(a, p) for a, p in zip(actor, alg.policy.parameters()))  # the first rollout: critic only
+    assert not torch.equal(critic, alg.critic.value_head.weight) and "loss" not in stats
+    assert alg.opt_step == 2  # its two mini-batches count in the schedule
+    alg.advantages(roll, plan)
+    stats = alg.update(roll, plan)  # the second: both learn, at the schedule's third and fourth steps
+    assert not all(torch.equal(a, p) for a, p in zip(actor, alg.policy.parameters()))
+    assert stats["lr"] == pytest.approx(cosine_lr(3, 2, 1e-3, 0, 0.1)) and alg.opt_step == 4

@@ -41,9 +41,13 @@ class PPOConfig:
     value_clip: float = 0.2  # value clipping around the rollout's values (paper: 0.2)
     whiten_advantages: bool = True  # (paper: yes)
     normalize_reward: bool = False  # divide rewards by running moments (OpenRLHF --normalize_reward; paper: off)
+    freeze_actor_steps: int = 0  # the first N rollouts train the critic alone (OpenRLHF --freezing_actor_steps;
+    # paper: 0), so that its values carry the outcome to the early tokens before the actor follows them; the
+    # learning-rate schedules run on meanwhile, so the run's length and its schedule stay those of the others
 
     def __post_init__(self):
-        check(self, positive=("critic_lr", "critic_min_lr", "value_clip"), unit=("gamma", "gae_lambda"))
+        check(self, positive=("critic_lr", "critic_min_lr", "value_clip"), unit=("gamma", "gae_lambda"),
+              at_least_0=("freeze_actor_steps",))
 
 
 class Critic(nn.Module):
@@ -138,6 +142,10 @@ class PPO(PolicyGradient):
             roll, plan, self.critic, self.critic_opt, self.value_loss, ("old_values", "returns"),
             lambda k: cosine_lr(self.opt_step + k, self.total_opt_steps, self.critic_lr, warmup,
                                 self.critic_min_ratio), agg="token", prefix="critic/")
+        per_rollout = sum(len(epoch) for epoch in plan)
+        if self.opt_step < self.pcfg.freeze_actor_steps * per_rollout:  # the actor waits (freeze_actor_steps)
+            self.opt_step += per_rollout
+            return critic_stats
         return {**super().update(roll, plan), **critic_stats}
 
     def state_dict(self) -> dict:
