@@ -41,11 +41,10 @@ def mean_shares(recs: list[dict]) -> dict[str, float]:
 def end_metrics(runs: list[Run], dataset: str) -> tuple[list[dict], list[dict], list[str | None]]:
     """Each run's record_metrics at its first and its last evaluation of `dataset` (runs never evaluated on it
     are left out), and each run's winner (its largest greedy share at the last)."""
-    runs = [r for r in runs if any(dataset in e.get("datasets", {}) for e in r.evals)]
     first, last = first_last(runs, dataset)
     winners = [winner(d["format_share"]) for d in last]
     return ([record_metrics(d, w) for d, w in zip(first, winners)],
-            [{**record_metrics(d, w), **run_course(r, dataset)} for r, d, w in zip(runs, last, winners)], winners)
+            [record_metrics(d, w) for d, w in zip(last, winners)], winners)
 
 
 def common_pass1(run: Run, dataset: str) -> dict[int, float]:
@@ -139,6 +138,9 @@ def group_result(name: str, values: dict, runs: list[Run], dataset: str) -> dict
     runs = [r for r in runs if any(dataset in e.get("datasets", {}) for e in r.evals)]
     first, last = first_last(runs, dataset)
     before_runs, after_runs, winners = end_metrics(runs, dataset)
+    # the course of each run (peak, fall, collapse step) with its last evaluation: read here, once per group, not
+    # by every figure that asks end_metrics for one number (it reads every evaluation's answers)
+    after_runs = [{**m, **run_course(r, dataset)} for r, m in zip(runs, after_runs)]
     before, after = _summaries(before_runs), _summaries(after_runs)
     return {"group": name, "values": values, "runs": len(runs), "finished": sum(bool(r.summary) for r in runs),
             "dataset": dataset, "seeds": [_run_seed(r) for r in runs],
