@@ -16,6 +16,7 @@ the mean cell: the figure to compare before and after a change to what a cell ru
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -54,7 +55,7 @@ def rl_breakdown(rl: Path) -> dict[str, float]:
     out["evaluations"] = sum(timed) if len(timed) == len(evals) and evals else float("nan")
     summary = json.loads((rl / "summary.json").read_text()) if (rl / "summary.json").exists() else {}
     out["wall"] = summary.get("wall_seconds", float("nan"))
-    known = sum(out[s] for s in STAGES) + (0.0 if out["evaluations"] != out["evaluations"] else out["evaluations"])
+    known = sum(out[s] for s in STAGES) + (0.0 if math.isnan(out["evaluations"]) else out["evaluations"])
     out["rest"] = out["wall"] - known
     out["steps"] = len(steps)
     return out
@@ -81,7 +82,7 @@ def study(folder: Path) -> None:
         share = (pre or 0.0) / shared[inits[c]]
         total = share + b["wall"]
         totals.append((share, b, total))
-        evals = "in rest" if b["evaluations"] != b["evaluations"] else f"{b['evaluations'] / 60:.1f}"
+        evals = "in rest" if math.isnan(b["evaluations"]) else f"{b['evaluations'] / 60:.1f}"
         print(" | ".join([c.name, f"{share / 60:.1f} ({how})", *(f"{b[s] / 60:.1f}" for s in STAGES), evals,
                           f"{b['rest'] / 60:.1f}", f"{b['wall'] / 60:.1f}", f"{total / 60:.1f}"]))
     n = len(totals)
