@@ -10,13 +10,14 @@ import time
 
 import pytest
 import torch
+import yaml
 
 from echochamber.checkpoint import save_checkpoint
 from echochamber.cli import main
 from echochamber.config import load_run_config
 from echochamber.model import ModelConfig, OLMo
 from echochamber.runio import write_run_metadata
-from echochamber.training import RunFolderError, exclusive, make_optimizer, start_or_resume, trainer_state
+from echochamber.training import RunFolderError, config_changes, exclusive, make_optimizer, start_or_resume, trainer_state
 
 HOLD = "import sys, time; from echochamber.training import exclusive\nwith exclusive(sys.argv[1]):\n" \
        "    print('held', flush=True); time.sleep(60)"
@@ -75,6 +76,24 @@ def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path):
     state = start_or_resume(tmp_path, changed, "rl", model, opt, device="cpu", allow_config_change=True)
     assert state["step"] == 3
     assert "lr: 0.001" in (tmp_path / "rl_config.yaml").read_text()  # the recorded config is updated
+
+
+def test_a_knob_added_after_the_run_started_blocks_its_resume_only_off_its_default(tmp_path):
+    # The run started before rl.ppo.freeze_actor_steps existed: its recorded config lacks the key.
+    cfg = load_run_config("smoke")
+    model = tiny()
+    opt = make_optimizer(model, 1e-3, 0.0, (0.9, 0.95))
+    write_run_metadata(tmp_path, cfg, "rl")
+    recorded = tmp_path / "rl_config.yaml"
+    old = yaml.safe_load(recorded.read_text())
+    del old["rl"]["ppo"]["freeze_actor_steps"]
+    recorded.write_text(yaml.safe_dump(old))
+    save_checkpoint(tmp_path / "checkpoints", model, {"step": 3, **trainer_state(opt.state_dict())})
+    assert start_or_resume(tmp_path, cfg, "rl", model, opt, device="cpu")["step"] == 3  # default: no change
+    with pytest.raises(RunFolderError, match="rl.ppo.freeze_actor_steps: None -> 2"):
+        start_or_resume(tmp_path, load_run_config("smoke", ["rl.ppo.freeze_actor_steps=2"]), "rl", model, opt,
+                        device="cpu")
+    assert "rl.lr" in "; ".join(config_changes({"rl": {}}, {"rl": {"lr": 0.5}}, "rl", {"rl": {"lr": 0.1}}))
 
 
 @pytest.mark.slow

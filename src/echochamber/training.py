@@ -107,12 +107,16 @@ def exclusive(run_dir: Path, enabled: bool = True):
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def config_changes(recorded: dict, current: dict, stage: str) -> list[str]:
-    """'key: recorded -> current' for every compared key of the stage's sections that differs."""
+def config_changes(recorded: dict, current: dict, stage: str, defaults: dict | None = None) -> list[str]:
+    """'key: recorded -> current' for every compared key of the stage's sections that differs. A key the recorded
+    config lacks, because its knob was added after the run started, is no change while it holds its default:
+    a new knob's default keeps the behaviour the project had before it."""
     keys = [k for k in STAGE_SECTIONS[stage] if k in recorded or k in current]
     old, new = flatten({k: recorded.get(k) for k in keys}), flatten({k: current.get(k) for k in keys})
+    default = flatten(defaults or {})
+    added_at_default = {k for k in set(new) - set(old) if k in default and new[k] == default[k]}
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in NOT_COMPARED and old.get(k) != new.get(k)]
+            if k not in NOT_COMPARED and k not in added_at_default and old.get(k) != new.get(k)]
 
 
 def start_or_resume(run_dir: Path, cfg, stage: str, model: torch.nn.Module, opt: torch.optim.Optimizer, *,
@@ -138,7 +142,8 @@ def start_or_resume(run_dir: Path, cfg, stage: str, model: torch.nn.Module, opt:
         return None
     recorded_path = run_dir / f"{stage}_config.yaml"
     if recorded_path.exists():
-        changes = config_changes(yaml.safe_load(recorded_path.read_text()) or {}, to_dict(cfg), stage)
+        changes = config_changes(yaml.safe_load(recorded_path.read_text()) or {}, to_dict(cfg), stage,
+                                 defaults=to_dict(type(cfg)()))
         if changes and not allow_config_change:
             raise RunFolderError(f"{run_dir} holds a {stage} run with another config; resuming would mix them. "
                                  f"Changed: {'; '.join(changes)}. Use another out_dir, or pass "
