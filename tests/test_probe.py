@@ -137,6 +137,15 @@ def test_eval_probe_puts_the_probe_in_every_step_file_and_the_report(model_dir, 
     assert fig_probe([load_run(run)]) is not None
 
 
+def test_eval_and_its_probes_decode_as_eval_sample_compile_says(model_dir, tmp_path, monkeypatch):
+    asked = []  # every generate call's compile setting (answered "eager": this test compiles nothing)
+    monkeypatch.setattr(sampler, "use_compile", lambda cfg, rows, device: asked.append(cfg.compile) or False)
+    cfg = load_run_config("smoke", ["eval.probe=true", "eval.n_problems=3", "eval.max_new_tokens=6",
+                                    "eval.n_samples=2", "eval.sample_compile=on"])
+    evaluate(*load_policy(model_dir), cfg, step=0, out_root=tmp_path / "eval", progress=False)
+    assert len(asked) >= 1 + len(FORMATS) and set(asked) == {"on"}  # the answers, then a probe per format
+
+
 def _eval_step(run, step: int, probe: bool) -> None:
     share = {"tinygsm": 0.3 + 0.1 * step, "omi1": 0.1, "text": 0.6 - 0.1 * step, "unknown": 0.0}
     ds = {"n": 10, "pass@1": 0.4, "format_share": share, "format_acc": {lab: 0.5 for lab in share}}

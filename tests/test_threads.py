@@ -119,12 +119,15 @@ def test_pretraining_is_the_same_at_1_and_2_threads_and_beside_a_second_job(smok
     assert_saw_both_thread_counts(metrics(runs["beside"]))
 
 
-def test_rl_is_the_same_at_1_and_2_threads_and_beside_a_second_job(smoke_data, tmp_path):
+# Studies that decode for long compile the decode step on a CPU too (rl.sample_compile, eval.sample_compile):
+# inductor's kernels must not make a run depend on the thread count either.
+@pytest.mark.parametrize("decode", [(), ("rl.sample_compile=on", "eval.sample_compile=on")], ids=["eager", "compiled"])
+def test_rl_is_the_same_at_1_and_2_threads_and_beside_a_second_job(smoke_data, tmp_path, decode):
     jobs = tmp_path / "jobs"
     init = tmp_path / "init"
     finish(start("pretrain", init, cli_env(jobs, 2), f"pretrain.data_dir={smoke_data}", "pretrain.max_steps=60"))
     runs = {name: tmp_path / name for name in ("t1", "t2", "beside")}
-    rl = [f"rl.init={init / 'pretrain' / 'model'}", *RL]
+    rl = [f"rl.init={init / 'pretrain' / 'model'}", *RL, *decode]
     for name, threads in (("t1", 1), ("t2", 2)):
         finish(start("rl", runs[name], cli_env(jobs, threads), *rl))
     env = cli_env(jobs, None)
@@ -139,6 +142,7 @@ def test_rl_is_the_same_at_1_and_2_threads_and_beside_a_second_job(smoke_data, t
         return (d / "final" / "model.safetensors").read_bytes(), without_run_conditions(metrics(d)), evals, rollouts
 
     assert outcome(rl_dirs["t1"]) == outcome(rl_dirs["t2"]) == outcome(rl_dirs["beside"])
+    assert ("decoding through torch.compile" in (runs["t1"] / "rl.log").read_text()) == bool(decode)
     assert len(metrics(rl_dirs["t1"])) == 3 and {r["threads"] for r in metrics(rl_dirs["t1"])} == {1}
     assert_saw_both_thread_counts(metrics(rl_dirs["beside"]))
 

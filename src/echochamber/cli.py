@@ -120,7 +120,8 @@ def cmd_sample(args) -> None:
     model, tok = load_policy(args.model or Path(cfg.out_dir) / "pretrain" / "model", dist.init(cfg.device).device)
     problems = load_dataset(args.dataset, args.n, cfg, cfg.eval.data_path)
     scfg = SampleConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=args.temperature,
-                        top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1, dtype=cfg.eval.sample_dtype)
+                        top_p=cfg.eval.top_p if args.temperature > 0 else 1.0, n=1, dtype=cfg.eval.sample_dtype,
+                        compile=cfg.eval.sample_compile)
     texts = [t[0] for t in generate_texts(model, tok, [p.question for p in problems], scfg, cfg.seed,
                                           cfg.eval.batch_prompts, "sample", add_bos=cfg.eval.add_bos,
                                           interpreter=args.interpreter or cfg.eval.interpreter)]

@@ -55,6 +55,9 @@ class EvalConfig:
     top_p: float = 0.95  # (paper: 0.95)
     batch_prompts: int = 64  # prompts per generate() call for greedy decoding (sampling packs 8x as many rows)
     sample_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # generation precision: bfloat16 (~2x faster on CPU) or float32
+    sample_compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the decode step (SampleConfig.compile):
+    # auto = on a GPU; "on" pays on a CPU only in a process that decodes for long (a study's sweep), since the
+    # compilation costs about a minute on 2 cores, once per process
     mode: str = "structure"  # format labelling: structure | paper (see formats.py)
     add_bos: bool = False  # prepend the tokenizer's BOS to each question (the authors' vLLM + Llama-2 eval: <s>)
     grade_sees_prompt: bool = False  # grade question + response (mode paper only), as the authors' in-loop
@@ -204,7 +207,8 @@ def greedy_and_samples(model: OLMo, tok: Tokenizer, questions: list[str], ecfg: 
     fit in free_bytes (memory.MemoryPlan.sampling_room; inf on a CPU) the questions cut into the fewest equal
     calls that fit (memory.fitted_prompts)."""
     n = ecfg.n_samples
-    greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype)
+    greedy_cfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype,
+                              compile=ecfg.sample_compile)
     sample_cfg = dataclasses.replace(greedy_cfg, temperature=ecfg.temperature, top_p=ecfg.top_p, n=n)
     sample_seed = seed + 10_000 + rank
     if not math.isinf(free_bytes):  # a memory limit: what one prompt's rows hold, known once

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,6 +410,8 @@ def compiled_decode_step():
     empty and 32 s with it warm, on 2 cores (tracing the step is most of the rest)."""
     global _COMPILED_DECODE
     if _COMPILED_DECODE is None:
+        print("decoding through torch.compile (its first call compiles the step: about a minute on 2 cores, once "
+              "per process)", file=sys.stderr)
         compiled = torch.compile(decode_step, dynamic=True, fullgraph=True)
 
         def step(*args):

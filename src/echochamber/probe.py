@@ -115,7 +115,8 @@ def probe_dataset(model: OLMo, tok: Tokenizer, problems: list[Problem], ecfg, *,
     ctx = ctx or dist.DistContext(0, 0, 1, model.wte.weight.device)
     lo, hi = dist.share(len(problems), ctx)
     mine = problems[lo:hi]
-    scfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype)
+    scfg = SampleConfig(max_new_tokens=ecfg.max_new_tokens, temperature=0.0, n=1, dtype=ecfg.sample_dtype,
+                        compile=ecfg.sample_compile)
     responses = {fmt: forced_responses(model, tok, [p.question for p in mine], fmt, scfg,
                                        batch_prompts=ecfg.batch_prompts, add_bos=ecfg.add_bos, seed=seed,
                                        progress=progress) for fmt in FORMATS}

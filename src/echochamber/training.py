@@ -30,7 +30,8 @@ from .runio import flatten, to_dict, truncate_jsonl, write_run_metadata
 # for), since the run would silently mix two settings. Keys that change no result are not compared, nor those
 # that change only the rounding (threads, compile: the order of floating-point sums).
 STAGE_SECTIONS = {"pretrain": ("data", "model", "pretrain"), "rl": ("data", "rl", "eval")}
-NOT_COMPARED = {"pretrain.stop_at", "pretrain.threads", "pretrain.compile", "rl.threads"}
+NOT_COMPARED = {"pretrain.stop_at", "pretrain.threads", "pretrain.compile", "rl.threads", "rl.sample_compile",
+                "eval.sample_compile"}
 
 
 class RunFolderError(RuntimeError):

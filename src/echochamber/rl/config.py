@@ -57,6 +57,7 @@ class RLConfig:
     reward_sees_prompt: bool = True  # the paper hands the reward function prompt + response
     autocast: Literal["bfloat16", "float32"] = "bfloat16"  # update and log-prob precision
     sample_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # rollout generation precision (bf16 ~2x faster on CPU)
+    sample_compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the rollouts' decode step (as eval.*)
     eval_every: int = 10  # RL steps between evaluations (step 0 and the last step always; EI: every round)
     ckpt_every: int = 10  # RL steps between checkpoints (EI: every round)
     keep_checkpoints: Literal["log", "last", "all"] = "log"  # log: checkpoints 1, 2, 4, 8, ... x ckpt_every and the
