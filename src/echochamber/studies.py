@@ -111,6 +111,9 @@ SCALE_SIZES = ("olmo-tiny", "olmo-small", "olmo-12m")
 SCALE_RATES: dict[str, float] = {}  # scale_rates: model.preset -> pretrain.lr. Not run yet.
 ALGORITHMS_CRITIC_RATIO: float | None = None  # ppo_critic: the critic's peak rate / the actor's. Not run yet.
 ALGORITHM_RATES = (0.3, 1.0, 3.0)  # each algorithm's rates, relative to today's (rl.lr 1e-4; EI's rl.ei.lr 3e-4)
+# A study's sweep decodes in one process for hours: there the decode step's compilation (about a minute on 2
+# cores, once per process) pays back on a CPU too (bench/cell_time.py, docs/studies.md "Where a cell's time goes").
+COMPILED_DECODING = ("rl.sample_compile=on", "eval.sample_compile=on")
 
 
 def _scale_sizes() -> str:
@@ -145,7 +148,8 @@ STUDIES: dict[str, Study | PretrainPilot] = {s.name: s for s in (
           "each, on one budget of samples: pass@1, pass@4, stability after the peak, and the collapse",
           "PPO is the most stable; GRPO collapses the same way; Expert Iteration lags, with a milder shift.",
           "quickstart", ("rl.algo=grpo,ppo,ei", _algorithm_rates(), "rl.seed=0,1,2"),
-          ("rl.eval_every=4", "eval.datasets=[synthetic:test]", "eval.between_greedy_only=true"), fig_algorithms,
+          ("rl.eval_every=4", "eval.datasets=[synthetic:test]", "eval.between_greedy_only=true", *COMPILED_DECODING),
+          fig_algorithms,
           ("pass@1", "pass@k", "peak_pass@1", "fall_from_peak", "outside_winner"),
           blocked=None if ALGORITHMS_CRITIC_RATIO else "algorithms waits for PPO's critic ratio: run `echochamber "
           "study ppo_critic`, then set studies.ALGORITHMS_CRITIC_RATIO by its rule", best_of="rl.algo"),
@@ -169,7 +173,7 @@ STUDIES: dict[str, Study | PretrainPilot] = {s.name: s for s in (
            "(1e-4,1.0,true,0),(3e-4,1.0,true,0),(7e-4,1.0,true,0),(7e-4,0.7,true,0),(7e-4,1.0,false,0),"
            "(7e-4,1.0,true,4)", "rl.seed=0,1,2"),
           ("rl.algo=ppo", "rl.ppo.critic_min_lr=7e-5", "rl.eval_every=4", "eval.datasets=[synthetic:test]",
-           "eval.between_greedy_only=true"), fig_ppo_critic,
+           "eval.between_greedy_only=true", *COMPILED_DECODING), fig_ppo_critic,
           ("pass@1", "pass@k", "peak_pass@1", "fall_from_peak", "outside_winner"), best_of="rl.ppo.critic_lr"),
     # The KL dose-response (issue 19). PPO with k1 in the reward, the paper's form, on one pretrained quickstart
     # model, 3 RL seeds per coefficient. The range reaches where the penalty is comparable to the 0/1 reward (the
@@ -252,8 +256,8 @@ STUDIES: dict[str, Study | PretrainPilot] = {s.name: s for s in (
           ("seed=0,1,2", _scale_sizes(),
            "data.synthetic.max_number+data.synthetic.max_factor+data.synthetic.max_value=(20,5,100),(35,8,300),"
            "(50,12,1000)"),
-          ("eval.datasets=[synthetic:test]", "eval.probe=true", "eval.between_greedy_only=true", "rl.eval_every=8"),
-          fig_scale, ("pass@1", "forced/tinygsm", "forced/omi1", "forced/text", "outside_winner"),
+          ("eval.datasets=[synthetic:test]", "eval.probe=true", "eval.between_greedy_only=true", "rl.eval_every=8",
+           *COMPILED_DECODING), fig_scale, ("pass@1", "forced/tinygsm", "forced/omi1", "forced/text", "outside_winner"),
           blocked=None if SCALE_RATES else "scale waits for its pretraining rates: run `echochamber study "
           "scale_rates`, then set studies.SCALE_RATES from its study.json \"choice\""),
     # The scale map's pretraining rates, by a rule fixed before either runs: each size pretrained on the
