@@ -196,6 +196,30 @@ def test_compiled_decoding_gives_the_eager_greedy_tokens(model, monkeypatch):
         torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor(e.logprobs), atol=1e-4, rtol=0)
 
 
+def test_compiled_decoding_does_not_depend_on_what_the_process_ran_before(model, monkeypatch):
+    """A compiled pretraining leaves torch's deterministic algorithms on for the rest of its process; a sweep's
+    RL cell after it must decode as the same cell run alone: one graph, the same tokens."""
+    import echochamber.model as M
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(M, "_COMPILED_DECODE", None)
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prompts = prompts_of([3, 17, 8, 1, 30, 8])
+    cfg = SampleConfig(max_new_tokens=24, temperature=1.0, n=2, compile="on")
+    try:
+        torch.use_deterministic_algorithms(False)  # a process that ran nothing before
+        graphs = counters["stats"]["unique_graphs"]
+        alone = generate(model, prompts, cfg, eos_id=V - 1, seed=0)
+        assert not torch.are_deterministic_algorithms_enabled()  # the call leaves the process's setting as it was
+        torch.use_deterministic_algorithms(True, warn_only=True)  # as after a compiled pretraining
+        after_pretraining = generate(model, prompts, cfg, eos_id=V - 1, seed=0)
+        assert M._COMPILED_DECODE, "torch.compile failed on this machine (see the warning)"
+        assert counters["stats"]["unique_graphs"] - graphs == 1
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+    assert [g.tokens for g in after_pretraining] == [g.tokens for g in alone]
+
+
 def test_failed_compilation_falls_back_to_eager_decoding(model, monkeypatch):
     import echochamber.model as M
 

@@ -396,6 +396,19 @@ def distinct_sizes():
     return fx_config.patch(use_duck_shape=False)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch's deterministic algorithms on (warn_only) for the block, and the process's setting back after it. A
+    compiled graph depends on that setting: inductor lowers it differently with it on, and torch.compile guards
+    on it, so a compiled call made once with it off and once with it on compiles twice and samples other tokens."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 # `decode_step` under torch.compile: None until first use, False once compilation failed in this process.
 _COMPILED_DECODE = None
 
@@ -415,7 +428,10 @@ def compiled_decode_step():
         compiled = torch.compile(decode_step, dynamic=True, fullgraph=True)
 
         def step(*args):
-            with distinct_sizes():  # the sizes it sees at its first call must not be tied (see distinct_sizes)
+            # The sizes it sees at its first call must not be tied (see distinct_sizes). Deterministic algorithms
+            # always: a compiled pretraining turns them on for the rest of its process (CompiledForTraining), and
+            # a sweep's cell must sample what the same cell run alone samples.
+            with distinct_sizes(), deterministic_algorithms():
                 return compiled(*args)
 
         _COMPILED_DECODE = step
