@@ -320,13 +320,18 @@ def test_a_pretraining_pilot_only_pretrains_and_its_rule_picks_the_lowest_valida
     assert again["choice"] == summary["choice"] and again["invocations"] == 2
 
 
-def test_a_study_waiting_for_a_pilot_refuses_to_run_and_says_what_to_run_first(tmp_path):
+def test_a_study_waiting_for_a_pilot_refuses_to_run_and_says_what_to_run_first(tmp_path, monkeypatch):
+    import dataclasses
+
     from echochamber.cli import main
 
-    assert STUDIES["scale"].blocked and STUDIES["algorithms"].blocked  # neither pilot has run yet
+    # (scale and algorithms wait so until their pilots' choices are filled in: SCALE_RATES, ALGORITHMS_CRITIC_RATIO)
+    waiting = dataclasses.replace(STUDIES["collapse"], name="waiting",
+                                  blocked="waiting waits for its pilot: run `echochamber study collapse` first")
+    monkeypatch.setitem(STUDIES, "waiting", waiting)
     with pytest.raises(SystemExit) as e:
-        main(["study", "scale", "--out", str(tmp_path / "scale"), "--dry-run"])
-    assert "echochamber study scale_rates" in str(e.value.code) and not (tmp_path / "scale").exists()
+        main(["study", "waiting", "--out", str(tmp_path / "waiting"), "--dry-run"])
+    assert "echochamber study collapse" in str(e.value.code) and not (tmp_path / "waiting").exists()
 
 
 def test_the_course_of_a_run_is_read_on_the_problems_every_evaluation_answered(tmp_path):

@@ -109,7 +109,9 @@ class PretrainPilot:
 # with the date and commit it ran at); a study whose grid needs an empty one refuses to run (Study.blocked).
 SCALE_SIZES = ("olmo-tiny", "olmo-small", "olmo-12m")
 SCALE_RATES: dict[str, float] = {}  # scale_rates: model.preset -> pretrain.lr. Not run yet.
-ALGORITHMS_CRITIC_RATIO: float | None = None  # ppo_critic: the critic's peak rate / the actor's. Not run yet.
+# ppo_critic: the critic's peak rate / the actor's. Its rule picked 1x (mean final greedy pass@1 over 3 seeds: 62.2% at
+# 1x, 59.8% at 3x, 61.8% at 7x; no difference established), 2026-12-07/08, commit 60f8947.
+ALGORITHMS_CRITIC_RATIO: float | None = 1.0
 ALGORITHM_RATES = (0.3, 1.0, 3.0)  # each algorithm's rates, relative to today's (rl.lr 1e-4; EI's rl.ei.lr 3e-4)
 # A study's sweep decodes in one process for hours: there the decode step's compilation (about a minute on 2
 # cores, once per process) pays back on a CPU too (bench/cell_time.py, docs/studies.md "Where a cell's time goes").
