@@ -206,14 +206,12 @@ def _run_rl(cfg, out_dir: Path, ctx: dist.DistContext, pool, progress: bool, all
     if rcfg.algo == "ei":
         e = rcfg.ei
         total_steps, per_step, eval_every, ckpt_every = e.rounds, e.prompts_per_round, 1, 1
-        scfg = SampleConfig(max_new_tokens=rcfg.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-                            n=e.samples_per_prompt, dtype=rcfg.sample_dtype,
-                            compile=rcfg.sample_compile)
+        temperature, top_p, n = e.temperature, e.top_p, e.samples_per_prompt
     else:
         total_steps, per_step, eval_every, ckpt_every = rcfg.steps, rcfg.prompts_per_step, rcfg.eval_every, rcfg.ckpt_every
-        scfg = SampleConfig(max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature, top_p=rcfg.top_p,
-                            n=rcfg.samples_per_prompt, dtype=rcfg.sample_dtype,
-                            compile=rcfg.sample_compile)
+        temperature, top_p, n = rcfg.temperature, rcfg.top_p, rcfg.samples_per_prompt
+    scfg = SampleConfig(max_new_tokens=rcfg.max_new_tokens, temperature=temperature, top_p=top_p, n=n,
+                        dtype=rcfg.sample_dtype, compile=rcfg.sample_compile)
     problems = load_dataset(rcfg.train_source, rcfg.train_problems, cfg, cfg.eval.data_path)
     per_step = per_step or len(problems)
     stream = PromptStream(len(problems), rcfg.seed)
